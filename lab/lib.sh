@@ -55,6 +55,14 @@ umount_under() {
     done < <(mounts_under "$1")
 }
 
+# Host path of PATH inside the root, resolving symlinks the way the chroot
+# sees them (e.g. /var/run -> /run is an absolute link in the root).
+in_root() {
+    local p
+    p="$(chroot "$LAB_ROOT" /usr/bin/readlink -m "$1" 2>/dev/null)" || p="$1"
+    echo "$LAB_ROOT$p"
+}
+
 root_ready() { [ -x "$LAB_ROOT/usr/sbin/asterisk" ]; }
 
 # PID of the running lab Asterisk (empty if none).

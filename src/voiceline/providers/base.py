@@ -27,6 +27,10 @@ class ProviderCapabilities:
     detects_turns: bool = False
     # True when interrupt() really stops generation on the provider side.
     interruptible: bool = False
+    # True when the provider must hear the caller even while the agent's audio
+    # plays (no capture gating): diagnostics such as echo, or providers with
+    # their own echo cancellation.
+    full_duplex: bool = False
 
 
 # ---- events a provider session emits -------------------------------------------------

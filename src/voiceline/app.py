@@ -1,0 +1,145 @@
+"""Composition root: builds every component from validated settings and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import structlog
+
+from voiceline.asterisk.ari import AriClient
+from voiceline.asterisk.audiosocket import AudioSocketServer
+from voiceline.config import Settings
+from voiceline.core.call import Call
+from voiceline.core.conversation_coordinator import ConversationCoordinator
+from voiceline.core.engine import Engine
+from voiceline.core.pacer import Pacer
+from voiceline.core.session_store import SessionStore
+from voiceline.core.streaming_playback_manager import StreamingPlaybackManager, StreamParams
+from voiceline.core.tasks import cancel_and_wait
+from voiceline.providers.base import Provider
+from voiceline.providers.echo import EchoProvider
+from voiceline.providers.registry import ProviderRegistry
+from voiceline.telemetry.metrics import Metrics
+
+log = structlog.get_logger("voiceline.app")
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    p = settings.providers
+    return {
+        "echo": EchoProvider(p.echo.delay_ms),
+    }
+
+
+def stream_params(settings: Settings) -> StreamParams:
+    s = settings.streaming
+    return StreamParams(
+        chunk_size_ms=s.chunk_size_ms,
+        min_start_ms=s.min_start_ms,
+        low_watermark_ms=s.low_watermark_ms,
+        jitter_buffer_ms=s.jitter_buffer_ms,
+        fallback_timeout_ms=s.fallback_timeout_ms,
+        provider_grace_ms=s.provider_grace_ms,
+        logging_level=s.logging_level,
+    )
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.metrics = Metrics()
+        self.store = SessionStore()
+        self.coordinator = ConversationCoordinator(self.store, on_gating_change=self.metrics.gating_changed)
+        self.providers = ProviderRegistry(build_providers(settings), settings.default_provider)
+        self.ari: AriClient | None = None
+        self.engine: Engine | None = None
+        self.audiosocket: AudioSocketServer | None = None
+        self.pacer: Pacer | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = self._clock or loop.time
+        settings = self.settings
+        self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock)
+        streaming = StreamingPlaybackManager(stream_params(settings), self.pacer, clock=clock)
+        if settings.mode == "ari":
+            a = settings.asterisk
+            self.ari = AriClient(
+                a.ari_url, a.username, a.password.get_secret_value(), a.app_name,
+                request_timeout_s=a.request_timeout_ms / 1000,
+                reconnect_initial_s=a.reconnect_initial_ms / 1000,
+                reconnect_max_s=a.reconnect_max_ms / 1000,
+            )
+        self.engine = Engine(
+            settings, store=self.store, coordinator=self.coordinator, providers=self.providers,
+            streaming=streaming, metrics=self.metrics, ari=self.ari, clock=clock,
+            on_call_ended=self._on_call_ended,
+        )
+        s = settings.audiosocket
+        # The listener must be up before ARI: Asterisk connects during the externalMedia POST.
+        self.audiosocket = AudioSocketServer(
+            s.host, s.port, self.engine.accept_audiosocket, allowed_peers=s.allowed_peers,
+            uuid_timeout_s=s.uuid_timeout_ms / 1000, write_limit_bytes=s.write_limit_bytes,
+        )
+        await self.audiosocket.start()
+        self.engine.set_audiosocket_port(self.audiosocket.bound_port)
+        self.pacer.start()
+        if self.ari is not None:
+            await self.ari.open()
+            self._events_task = asyncio.create_task(self.ari.run_events(self.engine.on_ari_event), name="ari-events")
+        log.info("voiceline_started", mode=settings.mode, default_provider=settings.default_provider,
+                 audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
+
+    def _on_call_ended(self, call: Call) -> None:
+        self.metrics.call_gauges_close(call.session.call_id)
+        log.info("call_summary", **call_summary(call))
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.shutdown()
+        await cancel_and_wait(self._events_task)
+        if self.ari is not None:
+            await self.ari.close()
+        if self.audiosocket is not None:
+            await self.audiosocket.stop()
+        if self.pacer is not None:
+            await self.pacer.stop()
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("voiceline_stopping")
+        await self.stop()
+
+
+def call_summary(call: Call) -> dict:
+    session = call.session
+    duration = (session.ended_at or 0) - session.started_at if session.ended_at else None
+    c = call.counters
+    return {
+        "call_id": session.call_id,
+        "provider": session.provider_name,
+        "mode": session.mode,
+        "duration_s": round(duration, 3) if duration is not None else None,
+        "end_reason": session.end_reason,
+        "codec": session.codec_info(),
+        "frames_in": c.frames_in,
+        "frames_to_provider": c.frames_to_provider,
+        "frames_gated": c.frames_gated,
+        "inbound_dropped": c.inbound_dropped,
+        "agent_bytes": c.agent_bytes,
+        "provider_errors": c.provider_errors,
+        "frames_out": call.connection.frames_out if call.connection is not None else 0,
+        "transcript_lines": len(session.transcript),
+        "gating_transitions": session.conversation.gating_transitions,
+    }

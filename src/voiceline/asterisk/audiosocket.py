@@ -1,0 +1,703 @@
+"""AudioSocket: Asterisk's TCP audio transport, as a pure codec plus an asyncio server.
+
+Wire format (Asterisk 22): one kind byte, a two-byte big-endian payload length,
+then the payload.  Asterisk is always the TCP client; it sends a UUID frame
+first, then audio and DTMF frames.  We answer with audio frames and, to end a
+call, a hangup frame.
+
+The module has two layers:
+
+* a codec with no I/O (:class:`FrameKind`, :class:`Frame`, the ``encode_*``
+  functions and the incremental :class:`FrameDecoder`), which is where the
+  protocol rules live and what the unit tests exercise;
+* :class:`AudioSocketServer`, built on :class:`asyncio.Protocol` rather than
+  streams: ``data_received`` is a plain callback that never awaits, so a slow
+  consumer can never stall the socket reader, and a connection costs one object
+  instead of a reader task per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+import time
+import uuid as uuid_module
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+import structlog
+
+__all__ = [
+    "REFUSAL_ERROR_CODE",
+    "SLIN_RATES",
+    "AcceptFn",
+    "AudioSocketConnection",
+    "AudioSocketHandler",
+    "AudioSocketServer",
+    "ErrorCode",
+    "Frame",
+    "FrameDecoder",
+    "FrameKind",
+    "ProtocolError",
+    "encode_audio",
+    "encode_error",
+    "encode_frame",
+    "encode_hangup",
+    "encode_uuid",
+    "slin_kind_for_rate",
+]
+
+log = structlog.get_logger("voiceline.audiosocket")
+
+# ---------------------------------------------------------------------------
+# Codec
+# ---------------------------------------------------------------------------
+
+HEADER = struct.Struct(">BH")
+HEADER_SIZE = HEADER.size  # 3
+MAX_PAYLOAD = 0xFFFF
+
+UUID_PAYLOAD_SIZE = 16
+DTMF_PAYLOAD_SIZE = 1
+# Asterisk's error payload is a single optional code byte.  A little slack keeps
+# us tolerant of a peer that pads it, while a long "error" is clearly garbage.
+MAX_ERROR_PAYLOAD = 4
+# Larger than 20 ms at 192 kHz (7680 bytes) with room for longer ptimes, yet
+# small enough that a corrupt length is refused as soon as its header arrives.
+DEFAULT_MAX_AUDIO_PAYLOAD = 16384
+
+
+class FrameKind(IntEnum):
+    HANGUP = 0x00
+    UUID = 0x01
+    DTMF = 0x03
+    SLIN_8K = 0x10
+    SLIN_12K = 0x11
+    SLIN_16K = 0x12
+    SLIN_24K = 0x13
+    SLIN_32K = 0x14
+    SLIN_44K = 0x15
+    SLIN_48K = 0x16
+    SLIN_96K = 0x17
+    SLIN_192K = 0x18
+    ERROR = 0xFF
+
+
+class ErrorCode(IntEnum):
+    """Codes Asterisk puts in the payload of an error frame."""
+
+    HANGUP = 0x01
+    FRAME_FORWARDING = 0x02
+    MEMORY = 0x04
+
+
+# Asterisk does not interpret the code of an error frame we send: any kind other
+# than hangup or audio makes it drop the call.  We still pick a meaningful code
+# so a packet capture reads correctly: "this call is being hung up".
+REFUSAL_ERROR_CODE = ErrorCode.HANGUP
+
+SLIN_RATES: dict[FrameKind, int] = {
+    FrameKind.SLIN_8K: 8000,
+    FrameKind.SLIN_12K: 12000,
+    FrameKind.SLIN_16K: 16000,
+    FrameKind.SLIN_24K: 24000,
+    FrameKind.SLIN_32K: 32000,
+    FrameKind.SLIN_44K: 44100,
+    FrameKind.SLIN_48K: 48000,
+    FrameKind.SLIN_96K: 96000,
+    FrameKind.SLIN_192K: 192000,
+}
+_KIND_FOR_RATE: dict[int, FrameKind] = {rate: kind for kind, rate in SLIN_RATES.items()}
+_KNOWN_KIND_BYTES = frozenset(int(kind) for kind in FrameKind)
+
+
+def slin_kind_for_rate(rate: int) -> FrameKind:
+    """The audio frame kind carrying signed linear audio at ``rate`` Hz."""
+    try:
+        return _KIND_FOR_RATE[rate]
+    except KeyError:
+        supported = ", ".join(str(r) for r in sorted(_KIND_FOR_RATE))
+        raise ValueError(f"AudioSocket has no frame kind for {rate} Hz (supported: {supported})") from None
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not a valid AudioSocket stream.
+
+    ``decoded`` holds the frames that were complete and valid before the
+    malformed one within the same :meth:`FrameDecoder.feed` call, so a caller
+    can still act on them (for example, log the call's UUID) before closing.
+    """
+
+    def __init__(self, reason: str, decoded: Sequence[Frame] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.decoded: tuple[Frame, ...] = tuple(decoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: FrameKind
+    payload: bytes
+
+    @property
+    def is_audio(self) -> bool:
+        return self.kind in SLIN_RATES
+
+    @property
+    def sample_rate(self) -> int | None:
+        """Sample rate in Hz for audio frames, ``None`` for every other kind."""
+        return SLIN_RATES.get(self.kind)
+
+    @property
+    def uuid(self) -> str:
+        """Canonical lowercase, hyphenated form of a UUID frame's payload."""
+        self._require_kind(FrameKind.UUID)
+        return str(uuid_module.UUID(bytes=self.payload))
+
+    @property
+    def dtmf(self) -> str:
+        """The digit of a DTMF frame (``0-9``, ``*``, ``#``, ``A-D``)."""
+        self._require_kind(FrameKind.DTMF)
+        return self.payload.decode("ascii")
+
+    @property
+    def error_code(self) -> int | None:
+        """First payload byte of an error frame; ``None`` when the peer sent no code."""
+        self._require_kind(FrameKind.ERROR)
+        return self.payload[0] if self.payload else None
+
+    def _require_kind(self, expected: FrameKind) -> None:
+        # Reading a UUID out of an audio frame is a programming error, not data.
+        if self.kind is not expected:
+            raise ValueError(f"{self.kind.name} frame has no {expected.name} payload")
+
+
+def encode_frame(kind: FrameKind | int, payload: bytes = b"") -> bytes:
+    """Header plus payload as one ``bytes`` object, ready for a single write.
+
+    Only the framing is checked (known kind, length fits 16 bits); the
+    ``encode_*`` helpers below add the per-kind rules.
+    """
+    try:
+        kind = FrameKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown AudioSocket frame kind 0x{int(kind):02x}") from None
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD}-byte frame limit")
+    return HEADER.pack(kind, len(payload)) + bytes(payload)
+
+
+def encode_audio(payload: bytes, rate: int = 8000) -> bytes:
+    """An audio frame of signed linear 16-bit little-endian samples at ``rate`` Hz."""
+    return _encode_audio_kind(slin_kind_for_rate(rate), payload)
+
+
+def _encode_audio_kind(kind: FrameKind, payload: bytes) -> bytes:
+    if kind not in SLIN_RATES:
+        raise ValueError(f"{kind.name} is not an audio frame kind")
+    if not payload:
+        # Asterisk hangs up the channel when it receives a zero-length audio frame.
+        raise ValueError("audio payload must not be empty")
+    return encode_frame(kind, payload)
+
+
+def encode_hangup() -> bytes:
+    return encode_frame(FrameKind.HANGUP)
+
+
+def encode_error(code: int) -> bytes:
+    if not 0 <= code <= 0xFF:
+        raise ValueError(f"error code must fit in one byte, got {code}")
+    return encode_frame(FrameKind.ERROR, bytes((code,)))
+
+
+def encode_uuid(uuid_str: str | uuid_module.UUID) -> bytes:
+    call_uuid = uuid_str if isinstance(uuid_str, uuid_module.UUID) else uuid_module.UUID(uuid_str)
+    return encode_frame(FrameKind.UUID, call_uuid.bytes)
+
+
+class FrameDecoder:
+    """Incremental AudioSocket parser: feed it bytes as they arrive, get whole frames.
+
+    Headers are validated as soon as they are complete (the kind byte even
+    earlier), so a bogus length is refused without waiting for its payload.
+    After a :class:`ProtocolError` the stream position is unknown, so the
+    decoder stays failed and every later :meth:`feed` raises the same reason.
+    """
+
+    def __init__(self, max_audio_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD) -> None:
+        if not 1 <= max_audio_payload <= MAX_PAYLOAD:
+            raise ValueError(f"max_audio_payload must be within 1..{MAX_PAYLOAD}, got {max_audio_payload}")
+        self.max_audio_payload = max_audio_payload
+        self._buffer = bytearray()
+        self._failure: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._failure is not None:
+            raise ProtocolError(self._failure)
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        try:
+            while True:
+                available = len(buffer) - offset
+                if available == 0:
+                    break
+                kind = self._check_kind(buffer[offset])
+                if available < HEADER_SIZE:
+                    break
+                _, length = HEADER.unpack_from(buffer, offset)
+                self._check_length(kind, length)
+                end = offset + HEADER_SIZE + length
+                if len(buffer) < end:
+                    break
+                payload = bytes(buffer[offset + HEADER_SIZE : end])
+                self._check_payload(kind, payload)
+                frames.append(Frame(kind, payload))
+                offset = end
+        except ProtocolError as error:
+            self._failure = error.reason
+            buffer.clear()
+            raise ProtocolError(error.reason, frames) from None
+        # One compaction per feed keeps the cost linear however the stream is split.
+        del buffer[:offset]
+        return frames
+
+    @staticmethod
+    def _check_kind(kind_byte: int) -> FrameKind:
+        if kind_byte not in _KNOWN_KIND_BYTES:
+            if kind_byte == 0x02:
+                # 0x02 "silence" exists only in the Go library; Asterisk never sends it.
+                raise ProtocolError("unknown frame kind 0x02 (Go-library silence, not sent by Asterisk)")
+            raise ProtocolError(f"unknown frame kind 0x{kind_byte:02x}")
+        return FrameKind(kind_byte)
+
+    def _check_length(self, kind: FrameKind, length: int) -> None:
+        if kind is FrameKind.UUID and length != UUID_PAYLOAD_SIZE:
+            raise ProtocolError(f"UUID payload must be {UUID_PAYLOAD_SIZE} bytes, header says {length}")
+        if kind is FrameKind.DTMF and length != DTMF_PAYLOAD_SIZE:
+            raise ProtocolError(f"DTMF payload must be {DTMF_PAYLOAD_SIZE} byte, header says {length}")
+        if kind is FrameKind.HANGUP and length != 0:
+            raise ProtocolError(f"hangup frame must be empty, header says {length} bytes")
+        if kind is FrameKind.ERROR and length > MAX_ERROR_PAYLOAD:
+            raise ProtocolError(f"error payload of {length} bytes exceeds {MAX_ERROR_PAYLOAD}")
+        if kind in SLIN_RATES:
+            if length == 0:
+                raise ProtocolError(f"empty {kind.name} audio frame")
+            if length > self.max_audio_payload:
+                raise ProtocolError(
+                    f"{kind.name} audio payload of {length} bytes exceeds {self.max_audio_payload}"
+                )
+
+    @staticmethod
+    def _check_payload(kind: FrameKind, payload: bytes) -> None:
+        if kind is FrameKind.DTMF and not payload.isascii():
+            raise ProtocolError(f"DTMF payload 0x{payload[0]:02x} is not an ASCII digit")
+
+
+# ---------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------
+
+# After close() a transport flushes what is buffered; a peer that stopped
+# reading would hold the socket open forever, so it is aborted after this long.
+CLOSE_LINGER_S = 1.0
+
+
+class AudioSocketHandler(Protocol):
+    """Per-call sink the engine supplies. All methods run on the event loop and must not block."""
+
+    def on_audio(self, frame: Frame) -> None: ...
+
+    def on_dtmf(self, digit: str) -> None: ...
+
+    def on_error_frame(self, code: int | None) -> None: ...
+
+    def on_closed(self, reason: str) -> None:
+        """Called exactly once per accepted connection, whatever ended it."""
+        ...
+
+
+AcceptFn = Callable[["AudioSocketConnection"], "AudioSocketHandler | None"]
+"""Called once the UUID frame arrived (``conn.uuid`` and ``conn.peer`` are set).
+
+Return the call's handler, or ``None`` to refuse: the server then sends an
+error frame with :data:`REFUSAL_ERROR_CODE`, which makes Asterisk drop the
+channel, and closes the connection.
+"""
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_allowed_peers(allowed_peers: Sequence[str]) -> tuple[IPNetwork, ...]:
+    """Networks from CIDR strings or plain addresses; host bits set are a config error."""
+    if isinstance(allowed_peers, str):
+        # A bare string would be iterated character by character.
+        raise TypeError("allowed_peers must be a sequence of networks, not a single string")
+    networks = tuple(ipaddress.ip_network(entry, strict=True) for entry in allowed_peers)
+    if not networks:
+        raise ValueError("allowed_peers is empty: every connection would be refused")
+    return networks
+
+
+def normalise_peer_address(host: str) -> IPAddress:
+    """The peer's IP, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) turned back into IPv4."""
+    address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def peer_is_allowed(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in networks)
+
+
+class AudioSocketConnection(asyncio.Protocol):
+    """One Asterisk channel's socket: decodes inbound frames, writes outbound ones.
+
+    Created by :class:`AudioSocketServer`; the engine only uses ``send_audio``,
+    ``send_hangup``, ``close`` and the counters.
+    """
+
+    def __init__(
+        self,
+        accept: AcceptFn,
+        *,
+        allowed_networks: Sequence[IPNetwork],
+        uuid_timeout_s: float,
+        write_limit_bytes: int,
+        max_audio_payload: int,
+        on_transport_lost: Callable[[AudioSocketConnection], None] | None = None,
+    ) -> None:
+        self._accept = accept
+        self._allowed_networks = tuple(allowed_networks)
+        self._uuid_timeout_s = uuid_timeout_s
+        self.write_limit_bytes = write_limit_bytes
+        self._decoder = FrameDecoder(max_audio_payload)
+        self._on_transport_lost = on_transport_lost
+
+        self.uuid: str | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.closed = False
+        self.close_reason: str | None = None
+        self.connected_at = time.monotonic()
+
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped_frames = 0
+
+        self._transport: asyncio.Transport | None = None
+        self._handler: AudioSocketHandler | None = None
+        self._uuid_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._dropped_in_burst = 0
+        self._log = log
+        self.transport_lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def pending_write_bytes(self) -> int:
+        """Bytes queued in the transport, waiting for the peer's socket to accept them."""
+        if self._transport is None:
+            return 0
+        return self._transport.get_write_buffer_size()
+
+    def send_audio(self, payload: bytes, kind: FrameKind = FrameKind.SLIN_8K) -> bool:
+        """Queue one audio frame; ``False`` if it was dropped or the connection is closed.
+
+        Real-time audio that cannot be delivered now is worthless later, so
+        instead of letting the buffer grow without bound we drop frames once
+        ``write_limit_bytes`` would be exceeded.
+        """
+        frame_bytes = _encode_audio_kind(kind, payload)
+        if self.closed or self._transport is None:
+            return False
+        if self._transport.get_write_buffer_size() + len(frame_bytes) > self.write_limit_bytes:
+            self.dropped_frames += 1
+            if self._dropped_in_burst == 0:
+                self._log.warning(
+                    "audiosocket_write_backlog_dropping",
+                    pending_bytes=self._transport.get_write_buffer_size(),
+                    write_limit_bytes=self.write_limit_bytes,
+                )
+            self._dropped_in_burst += 1
+            return False
+        if self._dropped_in_burst:
+            self._log.info("audiosocket_write_backlog_cleared", dropped_frames=self._dropped_in_burst)
+            self._dropped_in_burst = 0
+        self._write(frame_bytes)
+        return True
+
+    def send_hangup(self) -> None:
+        """Tell Asterisk to hang up the channel, then close our side once it is flushed."""
+        if self.closed or self._transport is None:
+            return
+        self._write(encode_hangup())
+        self.close("local hangup")
+
+    def close(self, reason: str) -> None:
+        """Close the connection; idempotent. The handler's ``on_closed`` runs once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._cancel_uuid_timer()
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():
+                loop = asyncio.get_running_loop()
+                self._linger_timer = loop.call_later(CLOSE_LINGER_S, transport.abort)
+        log_close = self._log.info if self.uuid is not None else self._log.debug
+        log_close(
+            "audiosocket_closed",
+            reason=reason,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            dropped_frames=self.dropped_frames,
+            duration_s=round(time.monotonic() - self.connected_at, 3),
+        )
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            try:
+                handler.on_closed(reason)
+            except Exception:
+                self._log.exception("audiosocket_handler_failed", callback="on_closed")
+
+    # -- asyncio.Protocol callbacks ----------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self.connected_at = time.monotonic()
+        peername = transport.get_extra_info("peername")
+        address = normalise_peer_address(peername[0])
+        self.peer = (str(address), int(peername[1]))
+        self._log = log.bind(peer=f"{self.peer[0]}:{self.peer[1]}")
+
+        if not peer_is_allowed(address, self._allowed_networks):
+            self._log.warning("audiosocket_peer_not_allowed")
+            self.close("peer not allowed")
+            return
+        self._set_nodelay(transport)
+        loop = asyncio.get_running_loop()
+        self._uuid_timer = loop.call_later(self._uuid_timeout_s, self._on_uuid_timeout)
+        self._log.debug("audiosocket_connected")
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.bytes_in += len(data)
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as error:
+            # Act on what was valid before the bad frame (e.g. learn the UUID for the log).
+            self._dispatch_all(error.decoded)
+            if not self.closed:
+                self._fail(error.reason)
+            return
+        self._dispatch_all(frames)
+
+    def eof_received(self) -> bool:
+        self.close("peer closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self.close("peer closed" if exc is None else f"connection lost: {exc}")
+        if not self.transport_lost.done():
+            self.transport_lost.set_result(None)
+        if self._on_transport_lost is not None:
+            self._on_transport_lost(self)
+
+    # -- internals ----------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)  # one write per frame: header and payload leave together
+        self.frames_out += 1
+        self.bytes_out += len(data)
+
+    def _set_nodelay(self, transport: asyncio.Transport) -> None:
+        # asyncio already sets TCP_NODELAY on TCP sockets, but 20 ms audio frames
+        # must not wait for Nagle, so make it explicit for any loop implementation.
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as error:
+            self._log.warning("audiosocket_nodelay_failed", error=str(error))
+
+    def _dispatch_all(self, frames: Sequence[Frame]) -> None:
+        for frame in frames:
+            if self.closed:
+                return
+            self.frames_in += 1
+            self._dispatch(frame)
+
+    def _dispatch(self, frame: Frame) -> None:
+        kind = frame.kind
+        if kind is FrameKind.HANGUP:
+            self.close("peer hangup")
+        elif kind is FrameKind.UUID:
+            if self.uuid is not None:
+                self._fail("second UUID frame")
+            else:
+                self._on_uuid(frame.uuid)
+        elif self._handler is None:
+            self._fail(f"{kind.name} frame before UUID")
+        elif frame.is_audio:
+            self._call_handler("on_audio", frame)
+        elif kind is FrameKind.DTMF:
+            self._call_handler("on_dtmf", frame.dtmf)
+        elif kind is FrameKind.ERROR:
+            self._log.warning("audiosocket_peer_error", code=frame.error_code)
+            self._call_handler("on_error_frame", frame.error_code)
+        else:  # every FrameKind is handled above; this guards future additions
+            self._fail(f"unhandled frame kind {kind.name}")
+
+    def _on_uuid(self, call_uuid: str) -> None:
+        self._cancel_uuid_timer()
+        self.uuid = call_uuid
+        self._log = self._log.bind(call_id=call_uuid)
+        try:
+            handler = self._accept(self)
+        except Exception:
+            self._log.exception("audiosocket_accept_failed")
+            self._refuse("accept failed")
+            return
+        if self.closed:  # accept() itself closed the connection
+            return
+        if handler is None:
+            self._refuse("refused by accept")
+            return
+        self._handler = handler
+        self._log.info("audiosocket_accepted")
+
+    def _refuse(self, reason: str) -> None:
+        self._log.info("audiosocket_refused", reason=reason)
+        if not self.closed and self._transport is not None:
+            self._write(encode_error(REFUSAL_ERROR_CODE))
+        self.close(reason)
+
+    def _call_handler(self, callback: str, argument: object) -> None:
+        handler = self._handler
+        assert handler is not None
+        try:
+            getattr(handler, callback)(argument)
+        except Exception as error:
+            self._log.exception("audiosocket_handler_failed", callback=callback)
+            self.close(f"handler error in {callback}: {type(error).__name__}")
+
+    def _fail(self, reason: str) -> None:
+        # The stream can no longer be trusted: send nothing more, just close.
+        self._log.warning("audiosocket_protocol_error", reason=reason)
+        self.close(f"protocol error: {reason}")
+
+    def _on_uuid_timeout(self) -> None:
+        self._uuid_timer = None
+        if self.closed:
+            return
+        self._log.warning("audiosocket_uuid_timeout", timeout_s=self._uuid_timeout_s)
+        self.close("no UUID within timeout")
+
+    def _cancel_uuid_timer(self) -> None:
+        if self._uuid_timer is not None:
+            self._uuid_timer.cancel()
+            self._uuid_timer = None
+
+
+class AudioSocketServer:
+    """Listens for Asterisk's AudioSocket connections and hands each call to ``accept``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        accept: AcceptFn,
+        *,
+        allowed_peers: Sequence[str] = ("127.0.0.1/32", "::1/128"),
+        uuid_timeout_s: float = 5.0,
+        write_limit_bytes: int = 65536,
+        max_audio_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD,
+    ) -> None:
+        if uuid_timeout_s <= 0:
+            raise ValueError(f"uuid_timeout_s must be positive, got {uuid_timeout_s}")
+        if write_limit_bytes <= HEADER_SIZE:
+            raise ValueError(f"write_limit_bytes must exceed one frame header, got {write_limit_bytes}")
+        if not 1 <= max_audio_payload <= MAX_PAYLOAD:
+            raise ValueError(f"max_audio_payload must be within 1..{MAX_PAYLOAD}, got {max_audio_payload}")
+        self.host = host
+        self.port = port
+        self._accept = accept
+        self._allowed_networks = parse_allowed_peers(allowed_peers)
+        self._uuid_timeout_s = uuid_timeout_s
+        self._write_limit_bytes = write_limit_bytes
+        self._max_audio_payload = max_audio_payload
+        self._server: asyncio.Server | None = None
+        # Connections whose transport is still alive, including ones flushing after close().
+        self._live: set[AudioSocketConnection] = set()
+
+    @property
+    def bound_port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        """Open connections (closed ones still flushing are not counted)."""
+        return sum(1 for conn in self._live if not conn.closed)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_connection, self.host, self.port)
+        log.info("audiosocket_listening", host=self.host, port=self.bound_port)
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for conn in list(self._live):
+            conn.close("server stopping")
+        pending = [conn.transport_lost for conn in self._live]
+        if pending:
+            # Every transport is gone within the close linger (aborted at worst).
+            await asyncio.wait(pending, timeout=CLOSE_LINGER_S * 2)
+        await server.wait_closed()
+        log.info("audiosocket_stopped")
+
+    def _new_connection(self) -> AudioSocketConnection:
+        conn = AudioSocketConnection(
+            self._accept,
+            allowed_networks=self._allowed_networks,
+            uuid_timeout_s=self._uuid_timeout_s,
+            write_limit_bytes=self._write_limit_bytes,
+            max_audio_payload=self._max_audio_payload,
+            on_transport_lost=self._live.discard,
+        )
+        self._live.add(conn)
+        return conn

@@ -1,0 +1,116 @@
+"""The ``voiceline`` command line: serve, check-config and the operator tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from voiceline.config import ConfigError, Settings, load_settings
+
+DEFAULT_CONFIG = "config/ai-agent.yaml"
+EXIT_INVALID = 2
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("VOICELINE_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_or_exit(path: Path, overrides: dict | None = None) -> Settings:
+    try:
+        settings, missing = load_settings(path)
+        if overrides:
+            data = settings.model_dump(mode="python")
+            data = _deep_update(data, overrides)
+            settings = Settings.model_validate(_reveal_secrets(data))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+    except Exception as exc:  # pydantic ValidationError from overrides
+        print(f"invalid override: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+    for item in missing:
+        print(f"warning: {item}", file=sys.stderr)
+    return settings
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _reveal_secrets(value):
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal_secrets(v) for v in value]
+    return value
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.path)
+    settings = load_or_exit(path)
+    print(f"# {path}: valid (config hash {settings.digest()})")
+    print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from voiceline.app import App
+    from voiceline.telemetry.logging import configure_logging
+
+    overrides: dict = {}
+    if args.mode:
+        overrides["mode"] = args.mode
+    if args.provider:
+        overrides["default_provider"] = args.provider
+    settings = load_or_exit(_config_path(args.config), overrides)
+    levels = dict(settings.logging.levels)
+    levels.setdefault("streaming", settings.streaming.logging_level)
+    configure_logging(settings.logging.level, settings.logging.format, levels)
+    app = App(settings)
+    try:
+        asyncio.run(app.run_until_signalled())
+    except OSError as exc:
+        print(f"voiceline: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voiceline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the engine")
+    serve.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} or $VOICELINE_CONFIG)")
+    serve.add_argument("--mode", choices=["ari", "audiosocket"], help="override the call-control mode")
+    serve.add_argument("--provider", help="override default_provider")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and print it with secrets masked")
+    check.add_argument("path", nargs="?", help=f"config file (default {DEFAULT_CONFIG})")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

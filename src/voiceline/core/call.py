@@ -1,0 +1,241 @@
+"""One live call's media runtime: caller audio in, provider events, agent audio out.
+
+The ``Call`` joins an AudioSocket connection, a provider session and the call's
+outbound stream. It implements the AudioSocket handler callbacks, which never
+block: inbound frames go through a bounded queue to a single sender task, and
+provider events are consumed by a single pump task, so everything of one call is
+handled in order by tasks the call owns and cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from voiceline.asterisk.audiosocket import AudioSocketConnection, Frame, slin_kind_for_rate
+from voiceline.audio.formats import AudioFormat
+from voiceline.audio.transcode import Transcoder
+from voiceline.core.conversation_coordinator import ConversationCoordinator
+from voiceline.core.models import CallSession
+from voiceline.core.streaming_playback_manager import (
+    FallbackRequested,
+    StreamingEnded,
+    StreamingPlaybackManager,
+    StreamingStarted,
+)
+from voiceline.core.tasks import cancel_and_wait, spawn
+from voiceline.providers import base as pb
+
+log = structlog.get_logger("voiceline.call")
+
+# Caller audio waiting for the provider. 50 frames = 1 s at 20 ms: a provider that
+# cannot take audio for a second is stalled, and old caller audio is worth less
+# than new, so the oldest frame is dropped (and counted).
+INBOUND_QUEUE_FRAMES = 50
+
+
+@dataclass(slots=True)
+class CallCounters:
+    frames_in: int = 0
+    frames_to_provider: int = 0
+    frames_gated: int = 0
+    inbound_dropped: int = 0
+    agent_chunks: int = 0
+    agent_bytes: int = 0
+    dtmf: int = 0
+    provider_errors: int = 0
+
+
+EndCall = Callable[[str, str], Awaitable[None]]  # (call_id, reason)
+FallbackPlayer = Callable[[str, FallbackRequested], Awaitable[None]]
+
+
+class Call:
+    def __init__(
+        self,
+        session: CallSession,
+        provider: pb.ProviderSession,
+        *,
+        wire_format: AudioFormat,
+        streaming: StreamingPlaybackManager,
+        coordinator: ConversationCoordinator,
+        end_call: EndCall,
+        play_fallback: FallbackPlayer | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.session = session
+        self.provider = provider
+        self.wire_format = wire_format
+        self.counters = CallCounters()
+        self._streaming = streaming
+        self._coordinator = coordinator
+        self._end_call = end_call
+        self._play_fallback = play_fallback
+        self._clock = clock
+        caps = provider.capabilities
+        self._to_provider = Transcoder(wire_format, caps.input_format)
+        self._from_provider = Transcoder(caps.output_format, wire_format)
+        self._full_duplex = caps.full_duplex
+        self._wire_kind = slin_kind_for_rate(wire_format.sample_rate)
+        self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=INBOUND_QUEUE_FRAMES)
+        self._tasks: set[asyncio.Task[object]] = set()
+        self.connection: AudioSocketConnection | None = None
+        self.stream = None
+        self._provider_started = asyncio.Event()
+        self._ended = False
+        session.wire_format = str(wire_format)
+        session.provider_input_format = str(caps.input_format)
+        session.provider_output_format = str(caps.output_format)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_provider(self) -> None:
+        """Connect the provider in the background while the call is being set up."""
+        spawn(self._run_provider(), name=f"provider-{self.session.call_id}", owner=self._tasks)
+
+    async def _run_provider(self) -> None:
+        call_id = self.session.call_id
+        try:
+            await self.provider.start()
+        except Exception as exc:  # any failure to connect ends this call only
+            self.counters.provider_errors += 1
+            log.error("provider_start_failed", call_id=call_id, provider=self.session.provider_name, error=str(exc))
+            await self._end_call(call_id, f"provider start failed: {exc}")
+            return
+        self._provider_started.set()
+        spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
+        await self._pump_provider_events()
+
+    def attach(self, connection: AudioSocketConnection) -> None:
+        """The AudioSocket connection for this call arrived: start the outbound stream."""
+        self.connection = connection
+        self.stream = self._streaming.open(
+            self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event
+        )
+
+    def _send_frame(self, frame: bytes) -> None:
+        connection = self.connection
+        if connection is not None and not connection.closed:
+            connection.send_audio(frame, self._wire_kind)
+
+    async def close(self) -> None:
+        """Stop everything this call owns. Idempotent."""
+        if self._ended:
+            return
+        self._ended = True
+        self._streaming.close(self.session.call_id)
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                await cancel_and_wait(task)
+        await self.provider.close("call ended")
+        if self.connection is not None and not self.connection.closed:
+            self.connection.send_hangup()
+            self.connection.close("call ended")
+
+    @property
+    def owned_tasks(self) -> int:
+        return len(self._tasks)
+
+    # ------------------------------------------------------------------ inbound (AudioSocketHandler)
+
+    def on_audio(self, frame: Frame) -> None:
+        self.counters.frames_in += 1
+        if not (self._full_duplex or self.session.audio_capture_enabled):
+            self.counters.frames_gated += 1
+            return
+        if self._inbound.full():
+            self._inbound.get_nowait()
+            self.counters.inbound_dropped += 1
+        self._inbound.put_nowait(frame.payload)
+
+    def on_dtmf(self, digit: str) -> None:
+        self.counters.dtmf += 1
+        log.info("dtmf", call_id=self.session.call_id, digit=digit)
+        if self._provider_started.is_set():
+            spawn(self.provider.send_dtmf(digit), name=f"dtmf-{self.session.call_id}", owner=self._tasks)
+
+    def on_error_frame(self, code: int | None) -> None:
+        log.warning("audiosocket_error_frame", call_id=self.session.call_id, code=code)
+
+    def on_closed(self, reason: str) -> None:
+        if self._ended:
+            return
+        spawn(
+            self._end_call(self.session.call_id, f"audiosocket closed: {reason}"),
+            name=f"end-{self.session.call_id}",
+            owner=set(),
+        )
+
+    async def _send_inbound(self) -> None:
+        while True:
+            payload = await self._inbound.get()
+            audio = self._to_provider.convert(payload)
+            if audio:
+                await self.provider.send_audio(audio)
+                self.counters.frames_to_provider += 1
+
+    # ------------------------------------------------------------------ provider events
+
+    async def _pump_provider_events(self) -> None:
+        call_id = self.session.call_id
+        async for event in self.provider.events():
+            match event:
+                case pb.AgentAudio(data=data):
+                    self.counters.agent_chunks += 1
+                    self.counters.agent_bytes += len(data)
+                    if self.stream is not None:
+                        self.stream.push(self._from_provider.convert(data), self._clock())
+                case pb.AgentStartedSpeaking():
+                    if self.stream is not None:
+                        self.stream.begin_turn(self._clock())
+                case pb.AgentAudioDone():
+                    if self.stream is not None:
+                        self.stream.end_turn(self._clock())
+                case pb.UserStartedSpeaking():
+                    self._on_user_started_speaking()
+                case pb.Transcript(role=role, text=text, final=final):
+                    if final:
+                        self.session.transcript.append({"t": round(time.time(), 3), "role": role, "text": text})
+                        log.info("transcript", call_id=call_id, role=role, text=text)
+                case pb.ProviderError(message=message, code=code, fatal=fatal):
+                    self.counters.provider_errors += 1
+                    log.warning("provider_error", call_id=call_id, message=message, code=code, fatal=fatal)
+                case pb.ProviderWarning(message=message, code=code):
+                    log.warning("provider_warning", call_id=call_id, message=message, code=code)
+                case pb.FunctionCallRequest(name=name):
+                    log.info("function_call_request", call_id=call_id, function=name)
+                case pb.AgentThinking():
+                    pass  # informational; the turn timing comes from AgentStartedSpeaking
+                case pb.ProviderClosed(reason=reason, error=error):
+                    if error and not self._ended:
+                        await self._end_call(call_id, f"provider lost: {reason}")
+                    return
+
+    def _on_user_started_speaking(self) -> None:
+        """The provider heard the caller: drop queued agent audio at once."""
+        if self.stream is None:
+            return
+        result = self.stream.flush(self._clock(), "barge-in")
+        if result is not None and result.dropped_frames:
+            log.info("agent_audio_flushed", call_id=self.session.call_id, dropped_frames=result.dropped_frames)
+
+    # ------------------------------------------------------------------ stream events
+
+    def _on_stream_event(self, event: object) -> None:
+        call_id = self.session.call_id
+        if isinstance(event, StreamingStarted):
+            self._coordinator.on_tts_start(call_id, self._turn_playback_id(event.turn_id))
+        elif isinstance(event, StreamingEnded):
+            self._coordinator.on_tts_end(call_id, self._turn_playback_id(event.turn_id), event.reason)
+        elif isinstance(event, FallbackRequested):
+            if self._play_fallback is None:
+                log.warning("fallback_unavailable", call_id=call_id, reason="no ARI in this call-control mode")
+                return
+            spawn(self._play_fallback(call_id, event), name=f"fallback-{call_id}", owner=self._tasks)
+
+    def _turn_playback_id(self, turn_id: str) -> str:
+        return f"stream:{turn_id}"

@@ -1,0 +1,105 @@
+"""Prometheus metrics. Aggregates carry no per-call labels; the few per-call gauges
+operators know are removed when the call ends, so series stay bounded by live calls."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_DEPTH_BUCKETS = (0, 1, 2, 3, 5, 8, 12, 20, 35, 50, 100, 250, 500)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.calls_total = Counter("ai_agent_calls_total", "Calls started", ["provider"], registry=r)
+        self.calls_ended_total = Counter("ai_agent_calls_ended_total", "Calls ended", ["provider"], registry=r)
+        self.active_calls = Gauge("ai_agent_active_calls", "Calls in progress", registry=r)
+        self.provider_fallbacks_total = Counter(
+            "ai_agent_provider_fallbacks_total",
+            "Calls that asked for an unknown or unavailable provider and got the default",
+            ["requested"], registry=r,
+        )
+        self.provider_errors_total = Counter(
+            "ai_agent_provider_errors_total", "Errors reported by or about providers", ["provider"], registry=r
+        )
+        self.audiosocket_refused_total = Counter(
+            "ai_agent_audiosocket_refused_total", "AudioSocket connections refused", ["reason"], registry=r
+        )
+        self.turns_total = Counter("ai_agent_streaming_turns_total", "Agent turns streamed", registry=r)
+        self.pauses_total = Counter(
+            "ai_agent_streaming_pauses_total", "Streams paused below the low watermark", registry=r
+        )
+        self.restarts_total = Counter(
+            "ai_agent_streaming_restarts_total", "Streams started more than once in one turn", registry=r
+        )
+        self.fallbacks_total = Counter(
+            "ai_agent_streaming_fallbacks_total", "Turns finished through ARI file playback", registry=r
+        )
+        self.late_chunks_total = Counter(
+            "ai_agent_streaming_late_chunks_dropped_total", "Agent chunks dropped after the grace", registry=r
+        )
+        self.first_frame_latency = Histogram(
+            "ai_agent_streaming_first_frame_latency_seconds",
+            "From the agent turn's first chunk to its first frame sent", buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.turn_latency = Histogram(
+            "ai_agent_turn_latency_seconds", "Provider-reported latency from caller end of speech to agent audio",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.buffer_depth = Histogram(
+            "ai_agent_streaming_buffer_depth_frames", "Jitter buffer depth sampled each tick of a playing turn",
+            buckets=_DEPTH_BUCKETS, registry=r,
+        )
+        # per-call gauges (removed at call end)
+        self.capture_enabled = Gauge(
+            "ai_agent_audio_capture_enabled", "1 when caller audio goes to the provider", ["call_id"], registry=r
+        )
+        self.tts_gating_active = Gauge(
+            "ai_agent_tts_gating_active", "1 while agent audio gates the caller", ["call_id"], registry=r
+        )
+        self.jitter_depth = Gauge(
+            "ai_agent_streaming_jitter_buffer_depth", "Current jitter buffer depth (frames)", ["call_id"],
+            registry=r,
+        )
+
+    # ---- call lifecycle
+    def call_started(self, provider: str) -> None:
+        self.calls_total.labels(provider).inc()
+        self.active_calls.inc()
+
+    def call_ended(self, provider: str) -> None:
+        self.calls_ended_total.labels(provider).inc()
+        self.active_calls.dec()
+
+    def provider_fallback(self, requested: str) -> None:
+        self.provider_fallbacks_total.labels(requested or "(none)").inc()
+
+    def provider_error(self, provider: str) -> None:
+        self.provider_errors_total.labels(provider).inc()
+
+    def audiosocket_refused(self, reason: str) -> None:
+        self.audiosocket_refused_total.labels(reason).inc()
+
+    def fallback(self) -> None:
+        self.fallbacks_total.inc()
+
+    # ---- per-call gauges
+    def gating_changed(self, call_id: str, capture_enabled: bool) -> None:
+        self.capture_enabled.labels(call_id).set(1 if capture_enabled else 0)
+        self.tts_gating_active.labels(call_id).set(0 if capture_enabled else 1)
+
+    def call_gauges_open(self, call_id: str) -> None:
+        self.gating_changed(call_id, True)
+        self.jitter_depth.labels(call_id).set(0)
+
+    def call_gauges_close(self, call_id: str) -> None:
+        for gauge in (self.capture_enabled, self.tts_gating_active, self.jitter_depth):
+            try:
+                gauge.remove(call_id)
+            except KeyError:
+                pass  # the series was never created for this call: nothing to remove
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
