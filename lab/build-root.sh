@@ -2,7 +2,7 @@
 # Build (once, cached) a Debian root file system with Asterisk in
 # lab/.cache/root, using debootstrap. Exits fast if it already exists.
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 
@@ -54,7 +54,15 @@ for old in "$LAB_CACHE"/root.tmp.*; do
 done
 
 TMP="$LAB_CACHE/root.tmp.$$"
+DB_PID=""
 cleanup() {
+    # debootstrap runs in its own process group: stop all of it (by its id).
+    if [ -n "$DB_PID" ] && kill -0 "$DB_PID" 2>/dev/null; then
+        log "stopping debootstrap (process group $DB_PID)"
+        kill -TERM -- "-$DB_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$DB_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$DB_PID" 2>/dev/null || true
+    fi
     if [ -d "$TMP" ]; then
         log "build did not finish; removing $TMP"
         umount_under "$TMP"
@@ -64,10 +72,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "debootstrap $LAB_SUITE from $MIRROR into $TMP (takes a few minutes)"
+log "debootstrap $LAB_SUITE from $MIRROR into $TMP (takes a minute or a few)"
 start=$(date +%s)
-if ! debootstrap --variant=minbase --include=asterisk,asterisk-modules \
-        "$LAB_SUITE" "$TMP" "$MIRROR" >"$LAB_CACHE/debootstrap.log" 2>&1; then
+# In the background (own session) so that a signal to this script is acted
+# on at once instead of after debootstrap ends.
+setsid debootstrap --variant=minbase --include=asterisk,asterisk-modules \
+    "$LAB_SUITE" "$TMP" "$MIRROR" >"$LAB_CACHE/debootstrap.log" 2>&1 </dev/null &
+DB_PID=$!
+db_rc=0
+wait "$DB_PID" || db_rc=$?
+DB_PID=""
+if [ "$db_rc" -ne 0 ]; then
     tail -n 30 "$LAB_CACHE/debootstrap.log" >&2 || true
     [ -f "$TMP/debootstrap/debootstrap.log" ] && tail -n 30 "$TMP/debootstrap/debootstrap.log" >&2
     die "debootstrap failed (full log: $LAB_CACHE/debootstrap.log)"
@@ -78,6 +93,10 @@ umount_under "$TMP"
 # Drop the package cache (about 100 MB of .debs) to keep the cache small.
 rm -rf --one-file-system "$TMP"/var/cache/apt/archives/*.deb
 
-rm -rf --one-file-system "$LAB_ROOT"
+# An earlier root without Asterisk (broken by hand?) is replaced.
+if [ -e "$LAB_ROOT" ]; then
+    umount_under "$LAB_ROOT"
+    rm -rf --one-file-system "$LAB_ROOT"
+fi
 mv "$TMP" "$LAB_ROOT"
 log "root ready: $LAB_ROOT ($(( $(date +%s) - start )) s, $(du -sh "$LAB_ROOT" | cut -f1))"

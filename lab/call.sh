@@ -16,7 +16,7 @@
 #                        converted audio (default: a new dir under
 #                        lab/.cache/calls); kept after the call.
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 usage() { echo "usage: $0 EXTEN AUDIO_FILE DURATION_S [extra sipp args...]" >&2; exit 2; }

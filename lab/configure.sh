@@ -4,7 +4,7 @@
 # /etc/asterisk.dist inside the root, so only files we own are read.
 # Safe to re-run; a running Asterisk needs a restart (or `core reload`).
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 root_ready || die "no Asterisk root at $LAB_ROOT (run lab/build-root.sh first)"
@@ -264,6 +264,7 @@ printf '%s\n[general]\nenable = no\n' "$HDR" >"$ETC/cel.conf"
 # A fresh UUID per call for AudioSocket: func_uuid's UUID() when present,
 # else the kernel's generator through SHELL() (a UUID string is 36 chars,
 # so head -c 36 also drops the newline). Both work in the chroot.
+# shellcheck disable=SC2016  # dialplan expressions, not shell ones
 if [ -f "$MODDIR_ABS/func_uuid.so" ]; then
     UUID_EXPR='${UUID()}'
 else

@@ -12,6 +12,7 @@
 #   LAB_MIRROR           Debian mirror URI          (default: from apt sources)
 #   LAB_START_TIMEOUT    seconds to wait for ARI    (default: 30)
 
+# shellcheck disable=SC2034  # the settings below are used by the scripts sourcing this
 LAB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LAB_CACHE="${LAB_CACHE:-$LAB_DIR/.cache}"
 LAB_ROOT="${LAB_ROOT:-$LAB_CACHE/root}"
@@ -65,12 +66,15 @@ in_root() {
 
 root_ready() { [ -x "$LAB_ROOT/usr/sbin/asterisk" ]; }
 
-# PID of the running lab Asterisk (empty if none).
+# PID of the running lab Asterisk (empty if none). The pid from the pid
+# file only counts if that process really runs inside our root.
 lab_pid() {
     local pid
     [ -f "$LAB_PIDFILE" ] || return 0
     pid="$(cat "$LAB_PIDFILE" 2>/dev/null || true)"
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    case "$pid" in ''|*[!0-9]*) return 0 ;; esac
+    if kill -0 "$pid" 2>/dev/null \
+            && [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$(readlink -f "$LAB_ROOT")" ]; then
         echo "$pid"
     fi
 }

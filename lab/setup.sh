@@ -2,7 +2,7 @@
 # One-shot lab setup on a Debian machine (as root): host tools, the cached
 # Asterisk root (lab/.cache/root) and its configuration. Fast when cached.
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 

@@ -2,7 +2,7 @@
 # Start the lab Asterisk (chrooted into lab/.cache/root) in the background
 # and wait until ARI answers. Idempotent: returns at once if already up.
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 root_ready || die "no Asterisk root at $LAB_ROOT (run lab/setup.sh first)"

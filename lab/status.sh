@@ -1,7 +1,7 @@
 #!/bin/bash
 # Show whether the lab Asterisk runs, and what ARI reports.
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 pid="$(lab_pid)"

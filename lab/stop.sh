@@ -1,7 +1,7 @@
 #!/bin/bash
 # Stop the lab Asterisk and unmount what start.sh mounted. Idempotent.
 set -euo pipefail
-# shellcheck source=lab/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
 

@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 
 import structlog
+from pydantic import SecretStr
 
 from voiceline.asterisk.ari import AriClient
 from voiceline.asterisk.audiosocket import AudioSocketServer
@@ -19,17 +20,27 @@ from voiceline.core.session_store import SessionStore
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager, StreamParams
 from voiceline.core.tasks import cancel_and_wait
 from voiceline.providers.base import Provider
+from voiceline.providers.deepgram import DeepgramConfig, DeepgramProvider
 from voiceline.providers.echo import EchoProvider
+from voiceline.providers.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeProvider
 from voiceline.providers.registry import ProviderRegistry
 from voiceline.telemetry.metrics import Metrics
 
 log = structlog.get_logger("voiceline.app")
 
 
+def _plain(model) -> dict:
+    """A provider section as plain data with secrets revealed, for the provider's own config type."""
+    data = model.model_dump(mode="python")
+    return {k: (v.get_secret_value() or None) if isinstance(v, SecretStr) else v for k, v in data.items()}
+
+
 def build_providers(settings: Settings) -> dict[str, Provider]:
     p = settings.providers
     return {
         "echo": EchoProvider(p.echo.delay_ms),
+        "deepgram": DeepgramProvider(DeepgramConfig(**_plain(p.deepgram))),
+        "openai_realtime": OpenAIRealtimeProvider(OpenAIRealtimeConfig(**_plain(p.openai_realtime))),
     }
 
 

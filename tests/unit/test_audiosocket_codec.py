@@ -9,6 +9,7 @@ import pytest
 
 from voiceline.asterisk.audiosocket import (
     SLIN_RATES,
+    AudioSocketServer,
     ErrorCode,
     Frame,
     FrameDecoder,
@@ -19,6 +20,9 @@ from voiceline.asterisk.audiosocket import (
     encode_frame,
     encode_hangup,
     encode_uuid,
+    normalise_peer_address,
+    parse_allowed_peers,
+    peer_is_allowed,
     slin_kind_for_rate,
 )
 
@@ -213,11 +217,7 @@ def test_every_pair_of_split_points_decodes_identically() -> None:
     for first in range(0, len(stream) + 1, 7):
         for second in range(first, len(stream) + 1, 5):
             decoder = FrameDecoder()
-            decoded = (
-                decoder.feed(stream[:first])
-                + decoder.feed(stream[first:second])
-                + decoder.feed(stream[second:])
-            )
+            decoded = decoder.feed(stream[:first]) + decoder.feed(stream[first:second]) + decoder.feed(stream[second:])
             assert decoded == expected, f"splits at {first}, {second}"
 
 
@@ -322,11 +322,54 @@ def test_protocol_error_carries_frames_decoded_before_it() -> None:
     assert caught.value.decoded[0].uuid == CALL_UUID
 
 
-def test_large_stream_in_small_chunks_is_linear_enough() -> None:
-    # 2,000 frames fed 7 bytes at a time: a quadratic buffer would crawl here.
-    stream = encode_audio(AUDIO_20MS_8K) * 2000
+def test_buffer_is_compacted_on_every_feed() -> None:
+    # Consumed bytes must leave the buffer, or a long call would grow it (and
+    # every compaction) without bound.
+    frame = encode_audio(AUDIO_20MS_8K)
+    stream = frame * 200
     decoder = FrameDecoder()
     count = 0
     for index in range(0, len(stream), 7):
         count += len(decoder.feed(stream[index : index + 7]))
-    assert count == 2000
+        assert decoder.buffered < len(frame)
+    assert count == 200
+
+
+# -- peer allow-list (pure helpers behind the server's check) ------------------
+
+
+@pytest.mark.parametrize(
+    ("peer", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("::ffff:127.0.0.1", True),  # IPv4-mapped, as a dual-stack listener reports it
+        ("::1", True),
+        ("10.1.2.3", True),
+        ("10.1.2.3%eth0", True),
+        ("127.0.0.2", False),
+        ("::ffff:127.0.0.2", False),
+        ("192.168.1.10", False),
+        ("::2", False),
+    ],
+)
+def test_peer_allow_list(peer: str, allowed: bool) -> None:
+    networks = parse_allowed_peers(["127.0.0.1", "::1/128", "10.0.0.0/8"])  # plain IPs mean /32, /128
+    assert peer_is_allowed(normalise_peer_address(peer), networks) is allowed
+
+
+def test_ipv4_mapped_peer_is_normalised_to_ipv4() -> None:
+    assert str(normalise_peer_address("::ffff:10.0.0.7")) == "10.0.0.7"
+
+
+@pytest.mark.parametrize(
+    ("allowed_peers", "error"),
+    [
+        (["10.0.0.1/8"], ValueError),  # host bits set: almost certainly a typo
+        (["not-an-ip"], ValueError),
+        ([], ValueError),
+        ("127.0.0.1/32", TypeError),  # a bare string, not a list of networks
+    ],
+)
+def test_bad_allow_list_is_rejected_at_construction(allowed_peers: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        AudioSocketServer("127.0.0.1", 0, lambda conn: None, allowed_peers=allowed_peers)  # type: ignore[arg-type]

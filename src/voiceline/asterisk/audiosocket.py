@@ -299,9 +299,7 @@ class FrameDecoder:
             if length == 0:
                 raise ProtocolError(f"empty {kind.name} audio frame")
             if length > self.max_audio_payload:
-                raise ProtocolError(
-                    f"{kind.name} audio payload of {length} bytes exceeds {self.max_audio_payload}"
-                )
+                raise ProtocolError(f"{kind.name} audio payload of {length} bytes exceeds {self.max_audio_payload}")
 
     @staticmethod
     def _check_payload(kind: FrameKind, payload: bytes) -> None:
@@ -316,6 +314,7 @@ class FrameDecoder:
 # After close() a transport flushes what is buffered; a peer that stopped
 # reading would hold the socket open forever, so it is aborted after this long.
 CLOSE_LINGER_S = 1.0
+LISTEN_BACKLOG = 1024
 
 
 class AudioSocketHandler(Protocol):
@@ -479,7 +478,7 @@ class AudioSocketConnection(asyncio.Protocol):
         if handler is not None:
             try:
                 handler.on_closed(reason)
-            except Exception:
+            except Exception:  # noqa: BLE001 - engine code must never break teardown; logged with traceback
                 self._log.exception("audiosocket_handler_failed", callback="on_closed")
 
     # -- asyncio.Protocol callbacks ----------------------------------------
@@ -489,6 +488,11 @@ class AudioSocketConnection(asyncio.Protocol):
         self._transport = transport
         self.connected_at = time.monotonic()
         peername = transport.get_extra_info("peername")
+        if not peername:
+            # The peer reset before asyncio could ask for its address: nothing to serve.
+            self._log.info("audiosocket_peer_vanished")
+            self.close("peer address unavailable")
+            return
         address = normalise_peer_address(peername[0])
         self.peer = (str(address), int(peername[1]))
         self._log = log.bind(peer=f"{self.peer[0]}:{self.peer[1]}")
@@ -517,6 +521,9 @@ class AudioSocketConnection(asyncio.Protocol):
         self._dispatch_all(frames)
 
     def eof_received(self) -> bool:
+        if self._decoder.buffered and not self.closed:
+            # Asterisk only ever writes whole frames; a partial one hints at a crash or a proxy.
+            self._log.warning("audiosocket_truncated_frame", buffered_bytes=self._decoder.buffered)
         self.close("peer closed")
         return False
 
@@ -571,7 +578,8 @@ class AudioSocketConnection(asyncio.Protocol):
         elif kind is FrameKind.DTMF:
             self._call_handler("on_dtmf", frame.dtmf)
         elif kind is FrameKind.ERROR:
-            self._log.warning("audiosocket_peer_error", code=frame.error_code)
+            # Debug only: the handler decides how loudly a peer error is reported.
+            self._log.debug("audiosocket_peer_error", code=frame.error_code)
             self._call_handler("on_error_frame", frame.error_code)
         else:  # every FrameKind is handled above; this guards future additions
             self._fail(f"unhandled frame kind {kind.name}")
@@ -582,7 +590,7 @@ class AudioSocketConnection(asyncio.Protocol):
         self._log = self._log.bind(call_id=call_uuid)
         try:
             handler = self._accept(self)
-        except Exception:
+        except Exception:  # noqa: BLE001 - one call's bug must not reach the event loop; logged with traceback
             self._log.exception("audiosocket_accept_failed")
             self._refuse("accept failed")
             return
@@ -605,7 +613,7 @@ class AudioSocketConnection(asyncio.Protocol):
         assert handler is not None
         try:
             getattr(handler, callback)(argument)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - isolate the call: log with traceback, end only this connection
             self._log.exception("audiosocket_handler_failed", callback=callback)
             self.close(f"handler error in {callback}: {type(error).__name__}")
 
@@ -673,7 +681,9 @@ class AudioSocketServer:
         if self._server is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_connection, self.host, self.port)
+        # A larger accept backlog than asyncio's 100: a burst of calls (or a restart
+        # with Asterisk reconnecting) must not leave SYNs waiting on retransmit timers.
+        self._server = await loop.create_server(self._new_connection, self.host, self.port, backlog=LISTEN_BACKLOG)
         log.info("audiosocket_listening", host=self.host, port=self.bound_port)
 
     async def stop(self) -> None:

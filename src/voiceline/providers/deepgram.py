@@ -244,6 +244,8 @@ class DeepgramSession(ProviderSession):
         self._welcome: asyncio.Future[str] | None = None
         self._applied: asyncio.Future[None] | None = None
         self._started = False
+        self._starting = False  # inside start(): connection loss is start()'s to report
+        self._lost_reason: str | None = None
         self._ready = False  # SettingsApplied and the pre-settings buffer flushed
         self._closing = False
         self._closed = False
@@ -252,6 +254,7 @@ class DeepgramSession(ProviderSession):
         self._pending_limit = fmt_in.bytes_for_ms(cfg.pre_settings_buffer_ms)
         self._last_sent = 0.0
         self._last_error: str | None = None
+        self._close_reason: str | None = None
         self.request_id: str | None = None
         # Counters for logs, tests and the call record.
         self.stats: dict[str, int] = {
@@ -272,30 +275,39 @@ class DeepgramSession(ProviderSession):
         if not self.cfg.api_key:
             await self._teardown("no API key", error=True)
             raise DeepgramAuthError("Deepgram API key is not set (set DEEPGRAM_API_KEY)")
-        settings = build_settings(self.cfg)
         loop = asyncio.get_running_loop()
         self._welcome = loop.create_future()
         self._applied = loop.create_future()
-        ok = False
+        self._starting = True
         try:
+            settings = build_settings(self.cfg)
             await self._connect()
             self.request_id = await self._wait(self._welcome, self.cfg.connect_timeout_s, "Welcome")
-            await self._send_json(settings)
+            try:
+                await self._send_json(settings)
+            except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+                raise DeepgramError(f"Deepgram connection lost while sending Settings: {exc}") from None
             self._log.info("deepgram settings sent", request_id=self.request_id)
             await self._wait(self._applied, self.cfg.settings_timeout_s, "SettingsApplied")
             await self._flush_pending()
-            self._last_sent = loop.time()
-            self._keepalive = asyncio.create_task(self._keepalive_loop(), name="deepgram-keepalive")
-            ok = True
-            self._log.info(
-                "deepgram session ready",
-                request_id=self.request_id,
-                input=str(self.capabilities.input_format),
-                output=str(self.capabilities.output_format),
-            )
-        finally:
-            if not ok:
-                await self._teardown("start failed", error=True)
+            if self._lost_reason is not None:
+                raise DeepgramError(self._lost_reason)
+            if self._closed:
+                raise DeepgramError(f"session closed during start ({self._close_reason})")
+        except BaseException as exc:
+            self._starting = False
+            await self._teardown(f"start failed: {exc}" if str(exc) else "start failed", error=True)
+            raise
+        # No await since the check above: the reader cannot have quit unnoticed.
+        self._starting = False
+        self._last_sent = loop.time()
+        self._keepalive = asyncio.create_task(self._keepalive_loop(), name="deepgram-keepalive")
+        self._log.info(
+            "deepgram session ready",
+            request_id=self.request_id,
+            input=str(self.capabilities.input_format),
+            output=str(self.capabilities.output_format),
+        )
 
     async def _connect(self) -> None:
         self._http = aiohttp.ClientSession()
@@ -335,6 +347,7 @@ class DeepgramSession(ProviderSession):
             return
         self._closed = True
         self._closing = True
+        self._close_reason = reason
         current = asyncio.current_task()
         for task in (self._keepalive, self._reader):
             if task is not None and task is not current and not task.done():
@@ -351,7 +364,10 @@ class DeepgramSession(ProviderSession):
                 await self._http.close()
         for fut in (self._welcome, self._applied):
             if fut is not None and not fut.done():
-                fut.cancel()
+                # A start() still waiting gets an error, not a CancelledError that
+                # would look like its own caller being cancelled.
+                fut.set_exception(DeepgramError(f"session closed during start ({reason})"))
+                fut.exception()
         self._pending.clear()
         self._pending_bytes = 0
         self._log.info("deepgram session closed", reason=reason, error=error, **self.stats)
@@ -415,7 +431,6 @@ class DeepgramSession(ProviderSession):
             raise DeepgramError("Deepgram connection is closed")
         async with self._send_lock:
             await ws.send_str(json.dumps(message))
-        self._last_sent = asyncio.get_running_loop().time()
 
     async def _send_control(self, message: dict[str, Any]) -> bool:
         """Send a control message mid-call; False (logged) when the socket is gone."""
@@ -439,6 +454,7 @@ class DeepgramSession(ProviderSession):
                     continue
                 if not await self._send_control({"type": "KeepAlive"}):
                     return
+                self._last_sent = loop.time()
                 self.stats["keepalives_sent"] += 1
         except asyncio.CancelledError:
             raise
@@ -511,14 +527,14 @@ class DeepgramSession(ProviderSession):
             return
         if self._last_error:
             reason += f"; last error: {self._last_error}"
-        self._fail_handshake(reason)
-        if not self._ready and not (self._applied is not None and self._applied.done()):
-            # start() is still waiting: it raises with this reason and tears down.
+        if self._starting:
+            # start() is still running: it raises this reason and tears down.
+            self._lost_reason = reason
+            self._fail_handshake(reason)
             return
         self._log.warning("deepgram session lost", reason=reason)
         self._safe_emit(ProviderError(reason, code=code, fatal=True))
-        self._closing = True
-        # Close in a separate task: _teardown awaits the reader (this task).
+        # _teardown skips awaiting the current task (this reader).
         await self._teardown(reason, error=True)
 
     def _fail_handshake(self, reason: str) -> None:

@@ -424,7 +424,7 @@ class OpenAIRealtimeSession(ProviderSession):
                 raise OpenAIRealtimeError(
                     f"OpenAI Realtime refused the connection: HTTP {exc.status} {exc.message}{hint}"
                 ) from exc
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise OpenAIRealtimeError(
                     f"timed out connecting to OpenAI Realtime after {cfg.connect_timeout_s:g}s"
                 ) from exc
@@ -458,7 +458,7 @@ class OpenAIRealtimeSession(ProviderSession):
                 raise OpenAIRealtimeError(f"timed out waiting for {wanted} from OpenAI Realtime")
             try:
                 msg = await asyncio.wait_for(self._ws.receive(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if msg.type == aiohttp.WSMsgType.TEXT:
                 event = _decode(msg.data)
@@ -500,7 +500,7 @@ class OpenAIRealtimeSession(ProviderSession):
                     break
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # never let the reader die with an unretrieved exception
+        except Exception as exc:  # noqa: BLE001 - the reader must never die with an unretrieved error
             reason = f"reader failed: {exc!r}"
             self._log.exception("openai_realtime.reader_failed")
         if self._closing:
@@ -511,10 +511,7 @@ class OpenAIRealtimeSession(ProviderSession):
         self._log.warning("openai_realtime.lost", reason=reason)
         self._safe_emit(ProviderError(message=reason, code="connection_lost", fatal=True))
         self._safe_emit(ProviderClosed(reason=reason, error=True))
-        try:
-            await self._teardown(cancel_reader=False)
-        except Exception:  # pragma: no cover - teardown swallows its own errors
-            self._log.exception("openai_realtime.teardown_failed")
+        await self._teardown(cancel_reader=False)
 
     def _safe_emit(self, event: ProviderEvent) -> None:
         try:
@@ -540,8 +537,6 @@ class OpenAIRealtimeSession(ProviderSession):
         except asyncio.CancelledError:
             if not reader.cancelled():
                 raise
-        except Exception:  # pragma: no cover - the loop catches its own errors
-            pass
 
     async def _teardown(self, *, cancel_reader: bool = True) -> None:
         reader = self._reader
@@ -550,14 +545,14 @@ class OpenAIRealtimeSession(ProviderSession):
             try:
                 await reader
             except asyncio.CancelledError:
-                pass
-            except Exception:  # pragma: no cover - the loop catches its own errors
-                self._log.exception("openai_realtime.reader_error_on_close")
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being cancelled ourselves, not just the reader
         ws, self._ws = self._ws, None
         if ws is not None and not ws.closed:
             try:
                 await asyncio.wait_for(ws.close(), timeout=2.0)
-            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
                 pass
         http, self._http = self._http, None
         if http is not None:

@@ -1,0 +1,271 @@
+"""The one real-time clock that paces every call's outbound audio.
+
+Asterisk keeps no jitter buffer on what we send, and a mixing bridge drops
+anything queued beyond ~80 ms, so frames must leave at real time, one per 20 ms,
+with no bursts. A single asyncio task ticks for every call (O(active streams) per
+tick) instead of one sleeping task per call, which would drift independently and
+multiply timer wake-ups.
+
+``PacerSchedule`` is the pure part: an absolute deadline grid ``t0 + k * period``
+that never drifts, and that never catches up. If the loop wakes more than one
+period late, the missed slots are skipped and counted; sending them as a burst
+would overflow the bridge and be heard as a glitch anyway.
+
+``Pacer`` is the asyncio shell: it sleeps until just before the next deadline
+(``deadline - now - spin``), yield-spins (``await asyncio.sleep(0)``) for the last
+~1 ms so ticks land within about a millisecond, then calls every registered
+``tick_fn(now)``. A failing ``tick_fn`` is logged with its stream id and removed;
+the other streams keep ticking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+__all__ = ["Pacer", "PacerSchedule", "PacerStats", "TickFn"]
+
+log = structlog.get_logger("voiceline.streaming")
+
+TickFn = Callable[[float], None]
+
+
+def _is_debug(level: str) -> bool:
+    value = logging.getLevelName(level.upper())
+    return isinstance(value, int) and value <= logging.DEBUG
+
+
+class PacerSchedule:
+    """Pure absolute-deadline schedule with no catch-up (all times in seconds).
+
+    Deadlines are ``t0 + k * period`` computed from the slot index, so the grid
+    never drifts however long the call. ``start(now)`` puts the first deadline at
+    ``now``. ``due(now)`` returns 1 when a tick is due (0 otherwise) and moves
+    ``next_deadline`` to the first grid point after ``now``. Grid slots that were
+    entirely missed (the loop woke a period or more late) are added to
+    ``skipped_ticks`` instead of being returned, so ``due`` never asks for a burst.
+    """
+
+    __slots__ = (
+        "period_s",
+        "_t0",
+        "_slot",
+        "ticks",
+        "skipped_ticks",
+        "last_lateness_s",
+        "max_lateness_s",
+    )
+
+    # Slack on the slot index so k * period landing a rounding error above `now`
+    # still counts as reached (1e-9 of a period = 20 fs at 20 ms).
+    _SLOT_EPS = 1e-9
+
+    def __init__(self, period_s: float = 0.020) -> None:
+        if not period_s > 0:
+            raise ValueError(f"period_s must be positive, got {period_s}")
+        self.period_s = period_s
+        self._t0: float | None = None
+        self._slot = 0
+        self.ticks = 0
+        self.skipped_ticks = 0
+        self.last_lateness_s = 0.0
+        self.max_lateness_s = 0.0
+
+    @property
+    def started(self) -> bool:
+        return self._t0 is not None
+
+    @property
+    def next_deadline(self) -> float | None:
+        if self._t0 is None:
+            return None
+        return self._t0 + self._slot * self.period_s
+
+    def start(self, now: float) -> None:
+        self._t0 = now
+        self._slot = 0
+
+    def due(self, now: float) -> int:
+        t0 = self._t0
+        if t0 is None:
+            raise RuntimeError("PacerSchedule.due() before start()")
+        deadline = t0 + self._slot * self.period_s
+        if now < deadline:
+            return 0
+        # Latest grid slot already reached; everything between is skipped.
+        latest = max(self._slot, int((now - t0) / self.period_s + self._SLOT_EPS))
+        self.skipped_ticks += latest - self._slot
+        self._slot = latest + 1
+        self.ticks += 1
+        late = now - deadline
+        self.last_lateness_s = late
+        if late > self.max_lateness_s:
+            self.max_lateness_s = late
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class PacerStats:
+    ticks: int
+    late_ticks: int
+    max_lateness_ms: float
+    skipped_ticks: int
+    streams: int
+    tick_errors: int
+
+
+class Pacer:
+    """One asyncio task ticking every registered stream each ``period_s``.
+
+    ``clock`` is a monotonic seconds clock; it defaults to the running loop's
+    ``loop.time`` (resolved in ``start``) and must advance at the same rate as the
+    loop's clock because the pacer sleeps with ``asyncio.sleep``. ``spin_s`` is how
+    long before a deadline the pacer stops sleeping and yield-spins. A tick is
+    counted as late when it lands more than ``late_threshold_s`` after its deadline.
+    """
+
+    def __init__(
+        self,
+        period_s: float = 0.020,
+        *,
+        clock: Callable[[], float] | None = None,
+        spin_s: float = 0.001,
+        late_threshold_s: float = 0.002,
+        logging_level: str = "INFO",
+    ) -> None:
+        if spin_s < 0 or spin_s >= period_s:
+            raise ValueError(f"spin_s must be in [0, period_s), got {spin_s}")
+        self._schedule = PacerSchedule(period_s)
+        self._clock = clock
+        self._spin_s = spin_s
+        self._late_threshold_s = late_threshold_s
+        self._debug = _is_debug(logging_level)
+        self._streams: dict[str, TickFn] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._late_ticks = 0
+        self._tick_errors = 0
+
+    # ---- registration -----------------------------------------------------------
+
+    @property
+    def period_s(self) -> float:
+        return self._schedule.period_s
+
+    def now(self) -> float:
+        """The pacer's clock (the injected one, else the running loop's time)."""
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def register(self, stream_id: str, tick_fn: TickFn) -> None:
+        if stream_id in self._streams:
+            raise ValueError(f"stream {stream_id!r} is already registered")
+        self._streams[stream_id] = tick_fn
+        if self._debug:
+            log.debug("pacer stream registered", stream_id=stream_id, streams=len(self._streams))
+
+    def unregister(self, stream_id: str) -> bool:
+        """Remove a stream; False if it was not registered (e.g. removed after an error)."""
+        removed = self._streams.pop(stream_id, None) is not None
+        if removed and self._debug:
+            log.debug("pacer stream unregistered", stream_id=stream_id, streams=len(self._streams))
+        return removed
+
+    def is_registered(self, stream_id: str) -> bool:
+        return stream_id in self._streams
+
+    @property
+    def stats(self) -> PacerStats:
+        s = self._schedule
+        return PacerStats(
+            ticks=s.ticks,
+            late_ticks=self._late_ticks,
+            max_lateness_ms=s.max_lateness_s * 1000.0,
+            skipped_ticks=s.skipped_ticks,
+            streams=len(self._streams),
+            tick_errors=self._tick_errors,
+        )
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the ticking task on the running loop (idempotent while running)."""
+        if self.running:
+            return
+        loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._clock = loop.time
+        self._task = loop.create_task(self._run(), name="voiceline-pacer")
+        self._task.add_done_callback(self._on_task_done)
+
+    @staticmethod
+    def _on_task_done(task: asyncio.Task[None]) -> None:
+        # The loop only ends by cancellation; anything else is a bug that stopped
+        # every call's audio, so say it loudly here (stop() re-raises it too).
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("pacer task crashed", exc_info=exc)
+
+    async def stop(self) -> None:
+        """Stop ticking. Re-raises anything that crashed the pacer task itself."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():  # we were cancelled while waiting: propagate
+                raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    # ---- the loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        clock = self._clock
+        assert clock is not None  # set in start()
+        schedule = self._schedule
+        spin = self._spin_s
+        schedule.start(clock())
+        while True:
+            deadline = schedule.next_deadline
+            assert deadline is not None
+            delay = deadline - clock() - spin
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = clock()
+            while now < deadline:
+                await asyncio.sleep(0)
+                now = clock()
+            if schedule.due(now):
+                if schedule.last_lateness_s > self._late_threshold_s:
+                    self._late_ticks += 1
+                self.run_tick(now)
+
+    def run_tick(self, now: float) -> None:
+        """Call every registered ``tick_fn(now)`` once (the loop's body; public so a
+        test or a simulator can drive the pacer with a fake clock)."""
+        streams = self._streams
+        for stream_id, fn in list(streams.items()):
+            if streams.get(stream_id) is not fn:
+                continue  # removed (or replaced) by an earlier tick_fn in this tick
+            try:
+                fn(now)
+            except Exception:
+                self._tick_errors += 1
+                if streams.get(stream_id) is fn:
+                    del streams[stream_id]
+                log.exception("pacer tick failed, stream removed", stream_id=stream_id)

@@ -1,0 +1,599 @@
+"""The local offline voice agent: VAD → pocketsphinx → scripted/LLM reply → espeak-ng.
+
+No API key and no network (unless ``llm.kind`` is ``openai_compatible``, which
+talks to a server of your choice, typically on the same machine).
+
+Per call, ``LocalAgentSession``:
+
+* greets the caller on ``start()`` (``greeting``; ``None`` = wait for the caller);
+* runs every 20 ms caller frame through the end-of-utterance detector; a
+  confirmed onset emits ``UserStartedSpeaking`` (the engine stops agent playback)
+  and cancels any reply in progress (barge-in); audio is decoded by pocketsphinx
+  on the session's worker thread while the caller speaks;
+* when the caller has been silent for ``end_of_utterance_ms``, takes the final
+  transcript (``Transcript(user)``), asks the reply generator for sentences and
+  turns each into speech as soon as it is complete, so the first sentence plays
+  while later ones are still being generated: ``AgentStartedSpeaking``,
+  ``AgentAudio`` chunks of ``chunk_ms``, ``AgentAudioDone``, ``Transcript(assistant)``;
+* handles one turn at a time: a new turn, ``interrupt()`` or caller speech cancels
+  the current one, after which it emits no further audio (and no
+  ``AgentAudioDone``: the interruption already ended the turn);
+* turns failures into ``ProviderError`` (``llm_error`` is followed by a spoken
+  apology; ``stt_error``/``tts_error``/``internal`` end the turn) and keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import structlog
+
+from voiceline.audio.formats import AudioFormat
+from voiceline.providers.base import (
+    AgentAudio,
+    AgentAudioDone,
+    AgentStartedSpeaking,
+    CallContext,
+    Provider,
+    ProviderCapabilities,
+    ProviderClosed,
+    ProviderError,
+    ProviderEvent,
+    ProviderSession,
+    Transcript,
+    UserStartedSpeaking,
+)
+from voiceline.providers.local.llm import (
+    DEFAULT_RULES,
+    DEFAULT_SCRIPT_PHRASES,
+    LLMConfig,
+    LLMError,
+    ReplyGenerator,
+    ScriptedLLM,
+    ScriptRule,
+    create_llm,
+    split_sentences,
+)
+from voiceline.providers.local.stt import (
+    PocketSphinxRecognizer,
+    StreamingSTT,
+    STTConfig,
+    STTError,
+    check_model,
+    model_paths,
+)
+from voiceline.providers.local.tts import INSTALL_HINT, EspeakTTS, TTSConfig, TTSError
+from voiceline.providers.local.vad import (
+    EndOfUtteranceDetector,
+    FrameSplitter,
+    SpeechEnd,
+    SpeechStart,
+)
+
+__all__ = [
+    "DEFAULT_APOLOGY",
+    "DEFAULT_GREETING",
+    "DEFAULT_RULES",
+    "DEFAULT_SCRIPT_PHRASES",
+    "LocalAgentConfig",
+    "LocalAgentProvider",
+    "LocalAgentSession",
+]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_GREETING = "Hello, this is the voiceline demo agent. How can I help you?"
+DEFAULT_APOLOGY = (
+    "Sorry, I am having trouble answering right now. Please try again in a moment."
+)
+
+_VAD_FRAME_MS = 20
+_PREROLL_MS = 200  # audio before the confirmed onset run handed to the recogniser too
+
+
+@dataclass
+class LocalAgentConfig:
+    # slin16 in and out at this rate (8000, 16000, 32000 or 48000)
+    sample_rate: int = 8000
+    # webrtcvad mode 0..3 (3 = most eager to call audio non-speech)
+    vad_aggressiveness: int = 2
+    # consecutive speech that confirms the caller started talking (barge-in)
+    onset_ms: int = 100
+    # trailing silence that ends the caller's turn
+    end_of_utterance_ms: int = 600
+    # shorter utterances (coughs, clicks) are not transcribed
+    min_utterance_ms: int = 250
+    # an utterance is cut here even without a pause
+    max_utterance_ms: int = 20000
+    # spoken on start; None = wait for the caller
+    greeting: str | None = DEFAULT_GREETING
+    # spoken (after a ProviderError) when the LLM fails
+    apology: str = DEFAULT_APOLOGY
+    # size of AgentAudio chunks
+    chunk_ms: int = 100
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    stt: STTConfig = field(default_factory=STTConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending key."""
+        if self.sample_rate not in (8000, 16000, 32000, 48000):
+            raise ValueError(
+                f"sample_rate must be 8000, 16000, 32000 or 48000, got {self.sample_rate}"
+            )
+        if not 0 <= self.vad_aggressiveness <= 3:
+            raise ValueError(
+                f"vad_aggressiveness must be 0..3, got {self.vad_aggressiveness}"
+            )
+        for name in ("onset_ms", "end_of_utterance_ms"):
+            if getattr(self, name) < _VAD_FRAME_MS:
+                raise ValueError(f"{name} must be at least {_VAD_FRAME_MS}")
+        if self.min_utterance_ms < 0:
+            raise ValueError("min_utterance_ms must not be negative")
+        if self.max_utterance_ms < max(self.min_utterance_ms, self.onset_ms):
+            raise ValueError(
+                "max_utterance_ms must be at least min_utterance_ms and onset_ms"
+            )
+        if self.chunk_ms <= 0:
+            raise ValueError("chunk_ms must be positive")
+        if not self.apology.strip():
+            raise ValueError("apology must not be empty")
+        if self.tts.speed <= 0:
+            raise ValueError("tts.speed must be positive")
+        if self.tts.timeout_s <= 0:
+            raise ValueError("tts.timeout_s must be positive")
+        if self.llm.kind not in ("scripted", "openai_compatible"):
+            raise ValueError(
+                f"llm.kind must be 'scripted' or 'openai_compatible', got {self.llm.kind!r}"
+            )
+        if self.llm.kind == "openai_compatible":
+            if not self.llm.model:
+                raise ValueError(
+                    "llm.model is required when llm.kind is openai_compatible"
+                )
+            if not self.llm.base_url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"llm.base_url must be an http(s) URL, got {self.llm.base_url!r}"
+                )
+            if self.llm.timeout_s <= 0:
+                raise ValueError("llm.timeout_s must be positive")
+        else:
+            ScriptedLLM(self.llm.rules, self.llm.fallback_reply)  # compiles every rule
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LocalAgentConfig:
+        """Build from plain mappings (parsed YAML); unknown keys raise ValueError with their path."""
+        config = _from_mapping(cls, data, "local")
+        config.validate()
+        return config
+
+
+_NESTED: dict[type, dict[str, type]] = {
+    LocalAgentConfig: {"llm": LLMConfig, "tts": TTSConfig, "stt": STTConfig},
+}
+
+
+def _from_mapping(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{path} must be a mapping, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ValueError(f"unknown key {path}.{key}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        nested = _NESTED.get(cls, {}).get(key)
+        if nested is not None:
+            value = _from_mapping(nested, value, f"{path}.{key}")
+        elif cls is LLMConfig and key == "rules":
+            if not isinstance(value, list):
+                raise ValueError(f"{path}.rules must be a list")
+            value = [
+                _from_mapping(ScriptRule, r, f"{path}.rules[{i}]")
+                for i, r in enumerate(value)
+            ]
+        kwargs[key] = value
+    result = cls(**kwargs)
+    assert is_dataclass(result)
+    return result
+
+
+@dataclass
+class TurnTimings:
+    """Monotonic timestamps (s) of one agent turn; None where not applicable."""
+
+    # the caller's end of utterance was detected
+    utterance_end: float | None = None
+    # the final transcript was ready
+    transcript: float | None = None
+    # the reply generator produced its first sentence
+    first_sentence: float | None = None
+    # the first AgentAudio was emitted
+    first_audio: float | None = None
+
+    @staticmethod
+    def _ms(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000.0, 1)
+
+    @property
+    def total_ms(self) -> float | None:
+        return self._ms(self.utterance_end, self.first_audio)
+
+    @property
+    def stt_ms(self) -> float | None:
+        return self._ms(self.utterance_end, self.transcript)
+
+    @property
+    def llm_ms(self) -> float | None:
+        return self._ms(self.transcript, self.first_sentence)
+
+    @property
+    def tts_ms(self) -> float | None:
+        return self._ms(self.first_sentence, self.first_audio)
+
+
+class LocalAgentSession(ProviderSession):
+    def __init__(
+        self,
+        config: LocalAgentConfig,
+        ctx: CallContext,
+        *,
+        tts: EspeakTTS,
+        llm: ReplyGenerator,
+        recognizer_factory: Callable[[], PocketSphinxRecognizer],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        fmt = AudioFormat("slin16", config.sample_rate)
+        super().__init__(
+            ProviderCapabilities(fmt, fmt, detects_turns=True, interruptible=True)
+        )
+        self.config = config
+        self.ctx = ctx
+        self._format = fmt
+        self._chunk_bytes = max(2, fmt.bytes_for_ms(config.chunk_ms))
+        self._vad = EndOfUtteranceDetector(
+            sample_rate=config.sample_rate,
+            frame_ms=_VAD_FRAME_MS,
+            aggressiveness=config.vad_aggressiveness,
+            onset_ms=config.onset_ms,
+            end_of_utterance_ms=config.end_of_utterance_ms,
+            min_utterance_ms=config.min_utterance_ms,
+            max_utterance_ms=config.max_utterance_ms,
+        )
+        self._frames = FrameSplitter(self._vad.frame_bytes)
+        self._preroll: deque[bytes] = deque(
+            maxlen=self._vad.onset_frames + _PREROLL_MS // _VAD_FRAME_MS
+        )
+        self._stt = StreamingSTT(recognizer_factory, name=f"stt-{ctx.call_id}")
+        self._llm = llm
+        self._tts = tts
+        self._clock = clock
+        self._history: list[dict[str, str]] = []
+        self._turn: asyncio.Task[None] | None = None
+        self._turn_seq = 0
+        self._active_turn = 0  # the only turn allowed to emit agent audio; 0 = none
+        self._started = False
+        self._closed = False
+        self._log = log.bind(call_id=ctx.call_id)
+        self.turn_timings: list[TurnTimings] = []  # answered turns, oldest first
+
+    # ---- ProviderSession ---------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError("session is closed")
+        if self._started:
+            return
+        if self.config.greeting:
+            # The greeting is synthesised while the recogniser loads its model.
+            self._begin_turn(functools.partial(self._greet, self.config.greeting))
+        try:
+            await self._stt.open()
+        except Exception:
+            await self._stop_turn()
+            self._stt.close()
+            raise
+        self._started = True
+
+    async def send_audio(self, audio: bytes) -> None:
+        if not self._started or self._closed:
+            return
+        for frame in self._frames.feed(audio):
+            self._on_frame(frame)
+
+    async def interrupt(self, played_ms: float | None = None) -> None:
+        if self._active_turn:
+            self._log.debug("local agent interrupted", played_ms=played_ms)
+        await self._stop_turn()
+
+    async def close(self, reason: str = "call ended") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._started = False
+        await self._stop_turn()
+        self._stt.close()
+        try:
+            await self._llm.aclose()
+        except Exception:  # noqa: BLE001 - closing must go on; logged
+            self._log.exception("closing the reply generator failed")
+        self._post(ProviderClosed(reason))
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation so far as chat messages (what the LLM sees)."""
+        return list(self._history)
+
+    # ---- caller audio ----------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes) -> None:
+        was_speech = self._vad.in_speech
+        event = self._vad.process(frame)
+        if was_speech:
+            self._stt.feed(frame)
+        else:
+            self._preroll.append(frame)
+        if isinstance(event, SpeechStart):
+            self._stt.begin(b"".join(self._preroll))
+            self._preroll.clear()
+            self._post(UserStartedSpeaking())
+            self._cancel_turn()
+        elif isinstance(event, SpeechEnd):
+            if event.too_short:
+                self._stt.abort()
+                self._log.debug(
+                    "utterance too short, ignored", duration_ms=event.duration_ms
+                )
+                return
+            ended_at = self._clock()
+            transcript = self._stt.finish()
+            transcript.add_done_callback(_retrieve)
+            self._begin_turn(functools.partial(self._answer, transcript, ended_at))
+
+    # ---- turns -------------------------------------------------------------------------
+
+    def _begin_turn(self, body: Callable[[int], Awaitable[None]]) -> None:
+        previous = self._turn
+        self._cancel_turn()
+        self._turn_seq += 1
+        turn_id = self._turn_seq
+        self._active_turn = turn_id
+        self._turn = asyncio.create_task(
+            self._run_turn(turn_id, previous, body),
+            name=f"local-agent-turn-{self.ctx.call_id}-{turn_id}",
+        )
+
+    def _cancel_turn(self) -> None:
+        self._active_turn = 0
+        task = self._turn
+        # Cancel once: a second cancel would interrupt the turn's own cleanup.
+        if task is not None and not task.done() and not task.cancelling():
+            task.cancel()
+
+    async def _stop_turn(self) -> None:
+        task = self._turn
+        self._cancel_turn()
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
+    async def _run_turn(
+        self,
+        turn_id: int,
+        previous: asyncio.Task[None] | None,
+        body: Callable[[int], Awaitable[None]],
+    ) -> None:
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])  # one turn at a time
+            await body(turn_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a turn's failure never escapes its task
+            self._log.exception("local agent turn failed")
+            self._post(
+                ProviderError(f"local agent turn failed: {exc}", code="internal")
+            )
+
+    async def _greet(self, text: str, turn_id: int) -> None:
+        await self._speak(
+            turn_id,
+            _aiter(split_sentences(text)),
+            TurnTimings(first_sentence=self._clock()),
+        )
+
+    async def _answer(
+        self, transcript: asyncio.Future[str], ended_at: float, turn_id: int
+    ) -> None:
+        timings = TurnTimings(utterance_end=ended_at)
+        try:
+            text = (await transcript).strip()
+        except STTError as exc:
+            self._log.error("speech recognition failed", error=str(exc))
+            self._post(ProviderError(str(exc), code="stt_error"))
+            return
+        timings.transcript = self._clock()
+        if not text:
+            self._log.info(
+                "no words recognised in the caller's utterance", stt_ms=timings.stt_ms
+            )
+            return
+        self._post(Transcript("user", text))
+        prior = list(self._history)
+        self._history.append({"role": "user", "content": text})
+        await self._speak(turn_id, self._llm.reply(prior, text), timings)
+        self.turn_timings.append(timings)
+        self._log.info(
+            "local agent answered",
+            stt_ms=timings.stt_ms,
+            llm_first_sentence_ms=timings.llm_ms,
+            tts_ms=timings.tts_ms,
+            end_of_utterance_to_audio_ms=timings.total_ms,
+        )
+
+    async def _speak(
+        self, turn_id: int, sentences: AsyncIterator[str], timings: TurnTimings
+    ) -> None:
+        """Sentences → speech, pipelined: sentence n+1 is generated and synthesised
+        while sentence n is being sent. Ends the turn with AgentAudioDone and the
+        assistant transcript; a cancellation stops it silently."""
+        queue: asyncio.Queue[tuple[str, asyncio.Task[bytes]] | BaseException | None] = (
+            asyncio.Queue()
+        )
+        synths: list[asyncio.Task[bytes]] = []
+
+        def synthesize(sentence: str) -> asyncio.Task[bytes]:
+            task = asyncio.create_task(self._tts.synthesize(sentence))
+            synths.append(task)
+            return task
+
+        async def produce() -> None:
+            try:
+                async with contextlib.aclosing(sentences) as stream:  # type: ignore[type-var]
+                    async for sentence in stream:
+                        if timings.first_sentence is None:
+                            timings.first_sentence = self._clock()
+                        queue.put_nowait((sentence, synthesize(sentence)))
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer, re-raised there
+                queue.put_nowait(exc)
+            queue.put_nowait(None)
+
+        producer = asyncio.create_task(produce())
+        spoken: list[str] = []
+        started = False
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, LLMError):
+                    self._log.warning(
+                        "reply generation failed; apologising", error=str(item)
+                    )
+                    self._post(ProviderError(str(item), code="llm_error"))
+                    if timings.first_sentence is None:
+                        timings.first_sentence = self._clock()
+                    item = (self.config.apology, synthesize(self.config.apology))
+                elif isinstance(item, BaseException):
+                    raise item
+                sentence, synth = item
+                pcm = await synth
+                if not pcm:
+                    continue
+                if turn_id != self._active_turn:
+                    return  # superseded; the cancellation is on its way
+                if not started:
+                    started = True
+                    timings.first_audio = self._clock()
+                    self._post(
+                        AgentStartedSpeaking(
+                            total_latency_ms=timings.total_ms,
+                            tts_latency_ms=timings.tts_ms,
+                            ttt_latency_ms=timings.llm_ms,
+                        )
+                    )
+                for i in range(0, len(pcm), self._chunk_bytes):
+                    self._post(AgentAudio(pcm[i : i + self._chunk_bytes]))
+                spoken.append(sentence)
+        except TTSError as exc:
+            self._log.error("speech synthesis failed", error=str(exc))
+            self._post(ProviderError(str(exc), code="tts_error"))
+        finally:
+            producer.cancel()
+            for task in synths:
+                task.cancel()
+            await asyncio.gather(producer, *synths, return_exceptions=True)
+            if spoken:
+                self._history.append({"role": "assistant", "content": " ".join(spoken)})
+        if started:
+            self._post(AgentAudioDone())
+        if spoken:
+            self._post(Transcript("assistant", " ".join(spoken)))
+
+    # ---- events ------------------------------------------------------------------------
+
+    def _post(self, event: ProviderEvent) -> None:
+        try:
+            self._emit(event)
+        except asyncio.QueueFull:
+            if isinstance(event, ProviderClosed):
+                # The consumer must still see the end: make room for it.
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._events.get_nowait()
+                self._events.put_nowait(event)
+            else:
+                self._log.error(
+                    "provider event queue full; event dropped",
+                    event=type(event).__name__,
+                )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen (its turn may have been cancelled)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _aiter(items: Iterable[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+class LocalAgentProvider(Provider):
+    """The offline agent. Build it once; it creates one session per call."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        config: LocalAgentConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config if config is not None else LocalAgentConfig()
+        self.config.validate()
+        self._clock = clock
+        # Shared: stateless apart from its cache of recently synthesised sentences.
+        self.tts = EspeakTTS(self.config.tts, self.config.sample_rate)
+
+    def availability(self) -> tuple[bool, str]:
+        problems: list[str] = []
+        espeak = self.tts.binary_path()
+        if espeak is None:
+            problems.append(
+                f"espeak-ng binary {self.config.tts.espeak_binary!r} not found; {INSTALL_HINT} "
+                "(or set tts.espeak_binary)"
+            )
+        stt_problem = check_model(self.config.stt)
+        if stt_problem:
+            problems.append(stt_problem)
+        if problems:
+            return False, "; ".join(problems)
+        llm = self.config.llm
+        if llm.kind == "scripted":
+            llm_note = f"scripted replies ({len(llm.rules)} rules)"
+        else:
+            llm_note = (
+                f"LLM {llm.model!r} at {llm.base_url} (openai_compatible; reachability is not "
+                "checked here: if the server is down, each turn reports a ProviderError and "
+                "speaks the apology)"
+            )
+        return (
+            True,
+            f"espeak-ng at {espeak}, pocketsphinx model {model_paths(self.config.stt).hmm}, {llm_note}",
+        )
+
+    def create_session(self, ctx: CallContext) -> LocalAgentSession:
+        return LocalAgentSession(
+            self.config,
+            ctx,
+            tts=self.tts,
+            llm=create_llm(self.config.llm),
+            recognizer_factory=functools.partial(
+                PocketSphinxRecognizer, self.config.stt, self.config.sample_rate
+            ),
+            clock=self._clock,
+        )

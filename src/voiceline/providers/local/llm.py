@@ -1,0 +1,519 @@
+"""Reply generators for the local agent: a scripted FAQ and any OpenAI-compatible server.
+
+Both expose ``reply(history, user_text)``: an async iterator of complete sentences,
+so text-to-speech can start on the first sentence while later ones are still being
+generated. ``history`` is the conversation so far as OpenAI chat messages
+(``{"role": "user"|"assistant", "content": ...}``), without ``user_text``.
+
+The pure pieces (``SentenceSplitter``, ``SSEParser``, ``parse_chunk``) take text or
+bytes and return results; only ``OpenAICompatibleLLM`` does I/O.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import aiohttp
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Message = Mapping[str, str]
+
+
+class LLMError(Exception):
+    """The reply could not be generated (server down, HTTP error, timeout, bad stream)."""
+
+
+# ---- configuration -------------------------------------------------------------------
+
+
+@dataclass
+class ScriptRule:
+    """``match``: keywords/phrases (whole words, case-insensitive; a trailing ``*``
+    matches any word ending, e.g. ``open*`` matches "opening") or regular
+    expressions written ``re:<pattern>``. The rule fires when any entry matches."""
+
+    match: list[str]
+    reply: str
+
+
+DEFAULT_FALLBACK_REPLY = (
+    "Sorry, I did not catch that. You can ask about our opening hours or our address."
+)
+
+# The demo FAQ line. Keywords are deliberately generous: pocketsphinx with its
+# general English model often mishears words ("opening hours" comes out as
+# "opening our ears" or "open the autumn"), so a rule fires on any of several
+# words a question about the topic is likely to contain. First match wins, so the
+# order matters: "where are you open" (a common mishearing of "when are you open")
+# is answered with the opening hours.
+DEFAULT_RULES: tuple[ScriptRule, ...] = (
+    ScriptRule(
+        match=[
+            "hour*",
+            "open*",
+            "clos*",
+            "what time",
+            "business hours",
+            "monday",
+            "weekend*",
+            "sunday",
+        ],
+        reply="We are open from nine to five, Monday to Friday. We are closed on weekends.",
+    ),
+    ScriptRule(
+        match=[
+            "address*",
+            "where",
+            "locat*",
+            "direction*",
+            "find you",
+            "get there",
+            "street",
+        ],
+        reply=(
+            "You can find us at forty two Example Street, next to the central station. "
+            "There is a car park right behind the building."
+        ),
+    ),
+    ScriptRule(
+        match=[
+            "human",
+            "person",
+            "operator",
+            "somebody",
+            "someone",
+            "agent",
+            "representative",
+        ],
+        reply=(
+            "I am the demo agent and cannot transfer calls. "
+            "I can tell you our opening hours or our address."
+        ),
+    ),
+    ScriptRule(
+        match=["thank*"],
+        reply="You are welcome. Is there anything else I can help you with?",
+    ),
+    ScriptRule(
+        match=["bye", "goodbye", "good bye"], reply="Goodbye! Thank you for calling."
+    ),
+    ScriptRule(
+        match=["hello", "hi", "hey"],
+        reply="Hello! You can ask me about our opening hours or our address.",
+    ),
+)
+
+# Example caller sentences for ``stt.phrases`` when the demo runs the default script:
+# recognition restricted to these words is far more reliable than the general model.
+DEFAULT_SCRIPT_PHRASES: tuple[str, ...] = (
+    "what are your opening hours",
+    "what are your hours",
+    "when are you open",
+    "are you open today",
+    "are you open on monday",
+    "are you open on the weekend",
+    "what time do you open",
+    "what time do you close",
+    "when do you close",
+    "where are you located",
+    "what is your address",
+    "where are you",
+    "how do i get there",
+    "where can i find you",
+    "can i speak to a person",
+    "i want to talk to a human",
+    "thank you",
+    "thanks",
+    "hello",
+    "hi",
+    "yes",
+    "no",
+    "goodbye",
+    "bye",
+    "thank you goodbye",
+)
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are the friendly voice agent of a small business, speaking with a caller on the "
+    "phone. Answer in one to three short, plain spoken sentences. Never use lists, "
+    "markdown, emojis or abbreviations; write numbers as words."
+)
+
+
+@dataclass
+class LLMConfig:
+    kind: Literal["scripted", "openai_compatible"] = "scripted"
+    # openai_compatible: the server's OpenAI-style API root (Ollama, llama.cpp server, vLLM...).
+    base_url: str = "http://127.0.0.1:11434/v1"
+    model: str = ""
+    api_key: str | None = None
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    temperature: float = 0.7
+    max_tokens: int | None = 200
+    timeout_s: float = 20.0  # whole request, first byte to last
+    max_history_messages: int = 20  # earlier messages are not sent
+    # scripted
+    rules: list[ScriptRule] = field(default_factory=lambda: list(DEFAULT_RULES))
+    fallback_reply: str = DEFAULT_FALLBACK_REPLY
+
+
+class ReplyGenerator(Protocol):
+    def reply(
+        self, history: Sequence[Message], user_text: str
+    ) -> AsyncIterator[str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# ---- sentence splitting --------------------------------------------------------------
+
+# Sentence end: terminal punctuation (and closing quotes/brackets) followed by
+# whitespace, or a line break.
+_BOUNDARY = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "st",
+        "prof",
+        "sr",
+        "jr",
+        "vs",
+        "e.g",
+        "i.e",
+        "approx",
+        "mt",
+        "ft",
+    }
+)
+_LAST_WORD = re.compile(r"([\w.]+)\.$")
+
+
+class SentenceSplitter:
+    """Turns a stream of text deltas into complete sentences as soon as each ends.
+
+    A sentence ends at ``.``, ``?``, ``!`` (or ``…``) followed by whitespace, or at
+    a line break. ``3.5`` or a trailing ``.`` without following space wait for more
+    text; common abbreviations ("Dr.", "e.g.") and single initials do not end a
+    sentence. Text running past ``max_chars`` without an end is cut at the last
+    comma or space so speech is not held back indefinitely.
+    """
+
+    def __init__(self, max_chars: int = 250) -> None:
+        self.max_chars = max_chars
+        self._buf = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._buf += text
+        out: list[str] = []
+        pos = 0
+        search_from = 0
+        while True:
+            m = _BOUNDARY.search(self._buf, search_from)
+            if m is None:
+                break
+            if m.group() != "\n" and self._is_abbreviation(self._buf[pos : m.end()]):
+                search_from = m.end()
+                continue
+            sentence = self._buf[pos : m.end()].strip()
+            if sentence:
+                out.append(sentence)
+            pos = search_from = m.end()
+        self._buf = self._buf[pos:].lstrip()
+        while len(self._buf) > self.max_chars:
+            cut = max(
+                self._buf.rfind(", ", 0, self.max_chars),
+                self._buf.rfind("; ", 0, self.max_chars),
+            )
+            if cut <= 0:
+                cut = self._buf.rfind(" ", 0, self.max_chars)
+            if cut <= 0:
+                cut = self.max_chars
+            else:
+                cut += 1
+            out.append(self._buf[:cut].strip())
+            self._buf = self._buf[cut:].lstrip()
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf.strip(), ""
+        return [rest] if rest else []
+
+    @staticmethod
+    def _is_abbreviation(candidate: str) -> bool:
+        candidate = candidate.rstrip()
+        if not candidate.endswith(".") or candidate.endswith(".."):
+            return False
+        m = _LAST_WORD.search(candidate)
+        if m is None:
+            return False
+        word = m.group(1)
+        if word.lower() in _ABBREVIATIONS:
+            return True
+        return len(word) == 1 and word.isupper()
+
+
+def split_sentences(text: str) -> list[str]:
+    splitter = SentenceSplitter()
+    return splitter.feed(text) + splitter.flush()
+
+
+# ---- scripted replies ----------------------------------------------------------------
+
+
+def _compile_entry(entry: str) -> re.Pattern[str]:
+    if entry.startswith("re:"):
+        return re.compile(entry[3:], re.IGNORECASE)
+    words = entry.lower().split()
+    if not words:
+        raise ValueError("empty keyword")
+    prefix = words[-1].endswith("*")
+    if prefix:
+        words[-1] = words[-1].rstrip("*")
+    body = r"\s+".join(re.escape(w) for w in words)
+    tail = r"\w*" if prefix else ""
+    return re.compile(rf"(?<!\w){body}{tail}(?!\w)", re.IGNORECASE)
+
+
+class ScriptedLLM:
+    """Keyword/regex rules: the first rule with a matching entry gives the reply."""
+
+    def __init__(
+        self, rules: Sequence[ScriptRule], fallback_reply: str = DEFAULT_FALLBACK_REPLY
+    ) -> None:
+        self._rules: list[tuple[list[re.Pattern[str]], str]] = []
+        for i, rule in enumerate(rules):
+            if not rule.match:
+                raise ValueError(f"llm.rules[{i}].match is empty")
+            if not rule.reply.strip():
+                raise ValueError(f"llm.rules[{i}].reply is empty")
+            patterns = []
+            for j, entry in enumerate(rule.match):
+                try:
+                    patterns.append(_compile_entry(entry))
+                except (re.error, ValueError) as exc:
+                    raise ValueError(
+                        f"llm.rules[{i}].match[{j}] {entry!r}: {exc}"
+                    ) from exc
+            self._rules.append((patterns, rule.reply))
+        self.fallback_reply = fallback_reply
+
+    def match(self, text: str) -> str:
+        for patterns, reply in self._rules:
+            if any(p.search(text) for p in patterns):
+                return reply
+        return self.fallback_reply
+
+    async def reply(
+        self, history: Sequence[Message], user_text: str
+    ) -> AsyncIterator[str]:
+        for sentence in split_sentences(self.match(user_text)):
+            yield sentence
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ---- server-sent events --------------------------------------------------------------
+
+_EOL = re.compile(r"\r\n|\r|\n")
+
+
+class SSEParser:
+    """Incremental ``text/event-stream`` parser: bytes in, each event's data out.
+
+    Chunks may split anywhere, including inside a UTF-8 character or between the
+    ``\\r`` and ``\\n`` of a line break. Comments and fields other than ``data``
+    are ignored; several ``data:`` lines of one event are joined with ``\\n``.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._text += self._decoder.decode(chunk)
+        events: list[str] = []
+        pos = 0
+        while True:
+            m = _EOL.search(self._text, pos)
+            if m is None or (m.group() == "\r" and m.end() == len(self._text)):
+                break  # no complete line yet (a lone \r may be half of \r\n)
+            self._line(self._text[pos : m.start()], events)
+            pos = m.end()
+        self._text = self._text[pos:]
+        return events
+
+    def flush(self) -> list[str]:
+        """End of stream: a last event without its blank line is still delivered."""
+        events: list[str] = []
+        self._text += self._decoder.decode(b"", final=True)
+        if self._text:
+            self._line(self._text.rstrip("\r"), events)
+            self._text = ""
+        if self._data:
+            events.append("\n".join(self._data))
+            self._data = []
+        return events
+
+    def _line(self, line: str, events: list[str]) -> None:
+        if not line:
+            if self._data:
+                events.append("\n".join(self._data))
+                self._data = []
+            return
+        if line.startswith(":"):
+            return
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+
+
+def parse_chunk(data: str) -> str:
+    """The text delta of one streamed chat-completion chunk ('' when it has none)."""
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise LLMError(
+            f"LLM server sent a malformed stream chunk: {data[:120]!r}"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise LLMError(f"LLM server sent an unexpected stream chunk: {data[:120]!r}")
+    if "error" in obj:
+        err = obj["error"]
+        message = err.get("message") if isinstance(err, dict) else err
+        raise LLMError(f"LLM server reported an error: {message}")
+    choices = obj.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    delta = choice.get("delta") or choice.get("message") or {}
+    content = delta.get("content") if isinstance(delta, dict) else None
+    if content is None and isinstance(choice.get("text"), str):
+        # the legacy completions shape
+        content = choice["text"]
+    return content if isinstance(content, str) else ""
+
+
+# ---- OpenAI-compatible chat completions ---------------------------------------------
+
+
+class OpenAICompatibleLLM:
+    """Streams ``POST {base_url}/chat/completions`` (``stream: true``) and yields sentences."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        if not config.model:
+            raise ValueError("llm.model is required when llm.kind is openai_compatible")
+        if config.timeout_s <= 0:
+            raise ValueError("llm.timeout_s must be positive")
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self._session: aiohttp.ClientSession | None = None
+
+    def build_messages(
+        self, history: Sequence[Message], user_text: str
+    ) -> list[dict[str, str]]:
+        messages: list[dict[str, str]] = []
+        if self.config.system_prompt:
+            messages.append({"role": "system", "content": self.config.system_prompt})
+        recent = (
+            list(history)[-self.config.max_history_messages :]
+            if self.config.max_history_messages > 0
+            else []
+        )
+        messages.extend({"role": m["role"], "content": m["content"]} for m in recent)
+        messages.append({"role": "user", "content": user_text})
+        return messages
+
+    def build_payload(
+        self, history: Sequence[Message], user_text: str
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": self.build_messages(history, user_text),
+            "stream": True,
+            "temperature": self.config.temperature,
+        }
+        if self.config.max_tokens:
+            payload["max_tokens"] = self.config.max_tokens
+        return payload
+
+    async def reply(
+        self, history: Sequence[Message], user_text: str
+    ) -> AsyncIterator[str]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        headers = {"Accept": "text/event-stream"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        timeout = aiohttp.ClientTimeout(
+            total=self.config.timeout_s, sock_connect=min(self.config.timeout_s, 5.0)
+        )
+        payload = self.build_payload(history, user_text)
+        try:
+            async with self._session.post(
+                self.url, json=payload, headers=headers, timeout=timeout
+            ) as resp:
+                if resp.status >= 400:
+                    body = (await resp.text(errors="replace"))[:300]
+                    raise LLMError(
+                        f"LLM server {self.url} answered HTTP {resp.status}: {body.strip()}"
+                    )
+                if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                    # A server that ignores stream: true answers with one JSON body.
+                    text = parse_chunk(await resp.text(errors="replace"))
+                    for sentence in split_sentences(text):
+                        yield sentence
+                    return
+                parser = SSEParser()
+                splitter = SentenceSplitter()
+                done = False
+                async for chunk in resp.content.iter_any():
+                    for data in parser.feed(chunk):
+                        if data.strip() == "[DONE]":
+                            done = True
+                            break
+                        for sentence in splitter.feed(parse_chunk(data)):
+                            yield sentence
+                    if done:
+                        break
+                if not done:
+                    for data in parser.flush():
+                        if data.strip() != "[DONE]":
+                            for sentence in splitter.feed(parse_chunk(data)):
+                                yield sentence
+                for sentence in splitter.flush():
+                    yield sentence
+        except TimeoutError as exc:
+            raise LLMError(
+                f"LLM server {self.url} did not answer within {self.config.timeout_s:g} s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise LLMError(f"cannot reach LLM server {self.url}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def create_llm(config: LLMConfig) -> ScriptedLLM | OpenAICompatibleLLM:
+    if config.kind == "scripted":
+        return ScriptedLLM(config.rules, config.fallback_reply)
+    if config.kind == "openai_compatible":
+        return OpenAICompatibleLLM(config)
+    raise ValueError(
+        f"llm.kind must be 'scripted' or 'openai_compatible', got {config.kind!r}"
+    )

@@ -1,0 +1,734 @@
+"""A local stand-in for the OpenAI Realtime WebSocket service.
+
+It checks what the real service checks (Bearer auth, ``?model=``, the session.update
+schema of the GA or the beta shape, audio format values), hears the caller with the
+shared ``SpeechDetector`` (server VAD), and answers every caller turn with real
+synthesized speech in the session's output format. It honours ``response.cancel`` and records
+``conversation.item.truncate`` requests so tests can check barge-in handling.
+
+Shape: a connection carrying ``OpenAI-Beta: realtime=v1`` speaks the beta protocol;
+any other connection speaks GA.
+
+Run it standalone::
+
+    python -m voiceline.sim.openai_sim --port 8765
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from voiceline.audio import g711
+from voiceline.sim.speech import SpeechDetector, synthesize_async
+
+# ---- shapes ------------------------------------------------------------------------------
+
+GA_SESSION_KEYS = frozenset(
+    {
+        "type", "model", "output_modalities", "instructions", "audio", "include", "tracing",
+        "tools", "tool_choice", "max_output_tokens", "truncation", "prompt",
+    }
+)
+BETA_SESSION_KEYS = frozenset(
+    {
+        "model", "modalities", "instructions", "voice", "input_audio_format",
+        "output_audio_format", "input_audio_transcription", "turn_detection", "tools",
+        "tool_choice", "temperature", "max_response_output_tokens", "input_audio_noise_reduction",
+        "speed", "tracing", "include",
+    }
+)
+GA_AUDIO_KEYS = frozenset({"input", "output"})
+GA_AUDIO_INPUT_KEYS = frozenset({"format", "noise_reduction", "transcription", "turn_detection"})
+GA_AUDIO_OUTPUT_KEYS = frozenset({"format", "voice", "speed"})
+GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+BETA_FORMATS = frozenset({"pcm16", "g711_ulaw", "g711_alaw"})
+SERVER_VAD_KEYS = frozenset(
+    {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
+     "interrupt_response", "idle_timeout_ms"}
+)
+SEMANTIC_VAD_KEYS = frozenset({"type", "eagerness", "create_response", "interrupt_response"})
+TRANSCRIPTION_KEYS = frozenset({"model", "language", "prompt"})
+
+# canonical format -> (sample rate, decode to slin16, encode from slin16)
+_FORMATS: dict[str, tuple[int, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    "pcm16": (24000, lambda b: b[: len(b) & ~1], lambda b: b),
+    "g711_ulaw": (8000, g711.mulaw_to_slin, g711.slin_to_mulaw),
+    "g711_alaw": (8000, g711.alaw_to_slin, g711.slin_to_alaw),
+}
+
+DEFAULT_TURN_DETECTION: dict[str, Any] = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "create_response": True,
+    "interrupt_response": True,
+}
+
+_ids = itertools.count(1)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_sim{next(_ids):06d}"
+
+
+class SessionConfigError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+def _unknown(keys: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            raise SessionConfigError("unknown_parameter", f"Unknown parameter: '{prefix}.{key}'.", f"{prefix}.{key}")
+
+
+def _invalid(param: str, value: Any, supported: Any) -> SessionConfigError:
+    return SessionConfigError(
+        "invalid_value", f"Invalid value: {value!r} for '{param}'. Supported values are: {supported}.", param
+    )
+
+
+def _check_turn_detection(value: Any, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SessionConfigError("invalid_type", f"Invalid type for '{param}': expected an object or null.", param)
+    kind = value.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise _invalid(f"{param}.type", kind, "'server_vad', 'semantic_vad'")
+    _unknown(value, SERVER_VAD_KEYS if kind == "server_vad" else SEMANTIC_VAD_KEYS, param)
+    threshold = value.get("threshold", 0.5)
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise _invalid(f"{param}.threshold", threshold, "a number from 0.0 to 1.0")
+    for key in ("prefix_padding_ms", "silence_duration_ms"):
+        if key in value and (not isinstance(value[key], int) or value[key] < 0):
+            raise _invalid(f"{param}.{key}", value[key], "a non-negative integer")
+    merged = dict(DEFAULT_TURN_DETECTION)
+    merged.update(value)
+    return merged
+
+
+def _check_transcription(value: Any, param: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SessionConfigError("invalid_type", f"Invalid type for '{param}': expected an object or null.", param)
+    _unknown(value, TRANSCRIPTION_KEYS, param)
+    return dict(value)
+
+
+def _check_ga_format(value: Any, param: str) -> str:
+    if not isinstance(value, Mapping):
+        raise SessionConfigError("invalid_type", f"Invalid type for '{param}': expected an object.", param)
+    _unknown(value, frozenset({"type", "rate"}), param)
+    kind = value.get("type")
+    if kind not in GA_FORMATS:
+        raise _invalid(f"{param}.type", kind, ", ".join(repr(k) for k in GA_FORMATS))
+    if "rate" in value and (kind != "audio/pcm" or value["rate"] != 24000):
+        raise _invalid(f"{param}.rate", value["rate"], "24000 (audio/pcm only)")
+    return GA_FORMATS[kind]
+
+
+@dataclass
+class SimSession:
+    """The effective session configuration, independent of the wire shape."""
+
+    input_format: str = "pcm16"
+    output_format: str = "pcm16"
+    voice: str = "alloy"
+    instructions: str = ""
+    modalities: list[str] = field(default_factory=lambda: ["audio"])
+    turn_detection: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_TURN_DETECTION))
+    transcription: dict[str, Any] | None = None
+    tools: list[Any] = field(default_factory=list)
+
+
+def apply_session_update(shape: str, current: SimSession, session: Any) -> SimSession:
+    """Validate a ``session.update`` payload and return the new effective session.
+
+    Raises ``SessionConfigError`` with the message the real service would give.
+    """
+    if not isinstance(session, Mapping):
+        raise SessionConfigError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
+    new = SimSession(**{k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                        for k, v in current.__dict__.items()})
+    if shape == "ga":
+        _unknown(session, GA_SESSION_KEYS, "session")
+        if "type" not in session:
+            raise SessionConfigError(
+                "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type"
+            )
+        if session["type"] != "realtime":
+            raise _invalid("session.type", session["type"], "'realtime'")
+        if "output_modalities" in session:
+            mods = session["output_modalities"]
+            if not isinstance(mods, list) or len(mods) != 1 or mods[0] not in ("audio", "text"):
+                raise _invalid("session.output_modalities", mods, "['audio'] or ['text']")
+            new.modalities = list(mods)
+        audio = session.get("audio")
+        if audio is not None:
+            if not isinstance(audio, Mapping):
+                raise SessionConfigError("invalid_type", "Invalid type for 'session.audio'.", "session.audio")
+            _unknown(audio, GA_AUDIO_KEYS, "session.audio")
+            inp = audio.get("input") or {}
+            _unknown(inp, GA_AUDIO_INPUT_KEYS, "session.audio.input")
+            if "format" in inp:
+                new.input_format = _check_ga_format(inp["format"], "session.audio.input.format")
+            if "turn_detection" in inp:
+                new.turn_detection = _check_turn_detection(inp["turn_detection"], "session.audio.input.turn_detection")
+            if "transcription" in inp:
+                new.transcription = _check_transcription(inp["transcription"], "session.audio.input.transcription")
+            out = audio.get("output") or {}
+            _unknown(out, GA_AUDIO_OUTPUT_KEYS, "session.audio.output")
+            if "format" in out:
+                new.output_format = _check_ga_format(out["format"], "session.audio.output.format")
+            if "voice" in out:
+                new.voice = str(out["voice"])
+    else:
+        _unknown(session, BETA_SESSION_KEYS, "session")
+        for key, attr in (("input_audio_format", "input_format"), ("output_audio_format", "output_format")):
+            if key in session:
+                if session[key] not in BETA_FORMATS:
+                    raise _invalid(f"session.{key}", session[key], "'pcm16', 'g711_ulaw', 'g711_alaw'")
+                setattr(new, attr, session[key])
+        if "modalities" in session:
+            mods = session["modalities"]
+            if not isinstance(mods, list) or not mods or any(m not in ("audio", "text") for m in mods):
+                raise _invalid("session.modalities", mods, "'text', 'audio'")
+            new.modalities = list(mods)
+        if "voice" in session:
+            new.voice = str(session["voice"])
+        if "turn_detection" in session:
+            new.turn_detection = _check_turn_detection(session["turn_detection"], "session.turn_detection")
+        if "input_audio_transcription" in session:
+            new.transcription = _check_transcription(
+                session["input_audio_transcription"], "session.input_audio_transcription"
+            )
+    if "instructions" in session:
+        if not isinstance(session["instructions"], str):
+            raise SessionConfigError("invalid_type", "Invalid type for 'session.instructions'.", "session.instructions")
+        new.instructions = session["instructions"]
+    if "tools" in session:
+        new.tools = list(session["tools"] or [])
+    return new
+
+
+def session_object(shape: str, sess: SimSession, session_id: str, model: str) -> dict[str, Any]:
+    if shape == "ga":
+        def fmt(name: str) -> dict[str, Any]:
+            kind = {v: k for k, v in GA_FORMATS.items()}[name]
+            return {"type": kind, "rate": 24000} if kind == "audio/pcm" else {"type": kind}
+
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": session_id,
+            "model": model,
+            "output_modalities": list(sess.modalities),
+            "instructions": sess.instructions,
+            "audio": {
+                "input": {
+                    "format": fmt(sess.input_format),
+                    "transcription": sess.transcription,
+                    "noise_reduction": None,
+                    "turn_detection": sess.turn_detection,
+                },
+                "output": {"format": fmt(sess.output_format), "voice": sess.voice, "speed": 1.0},
+            },
+            "tools": sess.tools,
+            "tool_choice": "auto",
+        }
+    return {
+        "id": session_id,
+        "object": "realtime.session",
+        "model": model,
+        "modalities": list(sess.modalities),
+        "instructions": sess.instructions,
+        "voice": sess.voice,
+        "input_audio_format": sess.input_format,
+        "output_audio_format": sess.output_format,
+        "input_audio_transcription": sess.transcription,
+        "turn_detection": sess.turn_detection,
+        "tools": sess.tools,
+        "tool_choice": "auto",
+        "temperature": 0.8,
+    }
+
+
+# ---- the server ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Response:
+    id: str
+    item_id: str
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = "client_cancelled"
+    task: asyncio.Task[None] | None = None
+
+
+class SimConnection:
+    """One client WebSocket: its session, VAD state and responses."""
+
+    def __init__(self, sim: OpenAIRealtimeSimulator, ws: web.WebSocketResponse, shape: str, model: str) -> None:
+        self.sim = sim
+        self.ws = ws
+        self.shape = shape
+        self.model = model
+        self.session_id = _new_id("sess")
+        self.session = SimSession()
+        self.received: list[dict[str, Any]] = []  # client events (audio payloads elided)
+        self.errors_sent: list[dict[str, Any]] = []
+        self.truncates: list[dict[str, Any]] = []
+        self.cancels: list[dict[str, Any]] = []
+        self.response_creates: list[dict[str, Any]] = []
+        self.responses_done: list[dict[str, Any]] = []
+        self.item_audio_ms: dict[str, float] = {}
+        self.active: _Response | None = None
+        self.last_item_id: str | None = None
+        self.audio_in_bytes = 0
+        # server VAD: a detector per session configuration; its clock starts at
+        # _detector_origin_ms of caller audio
+        self._audio_ms = 0.0
+        self._detector: SpeechDetector | None = None
+        self._detector_origin_ms = 0.0
+        self._user_item: str | None = None
+        self._new_detector()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # names that differ between shapes
+    def _name(self, ga: str, beta: str) -> str:
+        return ga if self.shape == "ga" else beta
+
+    async def send(self, event: dict[str, Any]) -> None:
+        event.setdefault("event_id", _new_id("event"))
+        if self.ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_str(json.dumps(event))
+
+    async def error(self, code: str, message: str, param: str | None = None, client_event_id: str | None = None) -> None:
+        err = {"type": "invalid_request_error", "code": code, "message": message, "param": param,
+               "event_id": client_event_id}
+        self.errors_sent.append(err)
+        await self.send({"type": "error", "error": err})
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def run(self, request: web.Request) -> None:
+        await self.send({"type": "session.created",
+                         "session": session_object(self.shape, self.session, self.session_id, self.model)})
+        if self.sim.close_after_s is not None:
+            self._spawn(self._close_later(request, self.sim.close_after_s))
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    event = json.loads(msg.data)
+                except json.JSONDecodeError:
+                    await self.error("invalid_json", "The server could not parse the event: invalid JSON.")
+                    continue
+                if not isinstance(event, dict):
+                    await self.error("invalid_event", "Events must be JSON objects.")
+                    continue
+                await self.dispatch(event)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _close_later(self, request: web.Request, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.sim.close_mode == "abort":
+            if request.transport is not None:
+                request.transport.close()
+        else:
+            await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"simulated server close")
+
+    async def dispatch(self, event: dict[str, Any]) -> None:
+        etype = event.get("type")
+        client_id = event.get("event_id")
+        if etype == "input_audio_buffer.append":
+            self.received.append({"type": etype})
+        else:
+            self.received.append(event)
+        if etype == "session.update":
+            try:
+                self.session = apply_session_update(self.shape, self.session, event.get("session"))
+            except SessionConfigError as exc:
+                await self.error(exc.code, exc.message, exc.param, client_id)
+                return
+            self._new_detector()
+            await self.send({"type": "session.updated",
+                             "session": session_object(self.shape, self.session, self.session_id, self.model)})
+        elif etype == "input_audio_buffer.append":
+            audio = event.get("audio")
+            try:
+                data = base64.b64decode(audio or "", validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                await self.error("invalid_value", "Invalid 'audio'. Expected base64-encoded audio bytes.",
+                                 "audio", client_id)
+                return
+            self.audio_in_bytes += len(data)
+            await self._feed_vad(data)
+        elif etype == "input_audio_buffer.commit":
+            await self._end_user_turn(committed_by_client=True)
+        elif etype == "input_audio_buffer.clear":
+            self._new_detector()
+            await self.send({"type": "input_audio_buffer.cleared"})
+        elif etype == "response.create":
+            self.response_creates.append(event)
+            if self.active is not None:
+                await self.error("conversation_already_has_active_response",
+                                 f"Conversation already has an active response in progress: {self.active.id}.",
+                                 None, client_id)
+                return
+            self._start_response()
+        elif etype == "response.cancel":
+            wanted = event.get("response_id")
+            active = self.active
+            ok = active is not None and (not wanted or wanted == active.id)
+            self.cancels.append({"response_id": wanted, "active": ok})
+            if not ok:
+                await self.error("response_cancel_not_active",
+                                 "Cancellation failed: no active response found.", None, client_id)
+                return
+            assert active is not None
+            if not active.cancelled.is_set():
+                active.cancel_reason = "client_cancelled"
+                active.cancelled.set()
+        elif etype == "conversation.item.truncate":
+            await self._truncate(event, client_id)
+        elif etype == "conversation.item.create":
+            item = dict(event.get("item") or {})
+            item.setdefault("id", _new_id("item"))
+            await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
+                             "previous_item_id": self.last_item_id, "item": item})
+            self.last_item_id = item["id"]
+        else:
+            await self.error("invalid_value", f"Invalid value: {etype!r}. Unsupported client event type.",
+                             "type", client_id)
+
+    async def _truncate(self, event: dict[str, Any], client_id: str | None) -> None:
+        item_id = event.get("item_id")
+        end_ms = event.get("audio_end_ms")
+        record = {"item_id": item_id, "content_index": event.get("content_index"), "audio_end_ms": end_ms,
+                  "accepted": False}
+        self.truncates.append(record)
+        if item_id not in self.item_audio_ms:
+            await self.error("item_truncate_invalid_item_id",
+                             f"Item with item_id={item_id!r} not found or has no assistant audio.",
+                             "item_id", client_id)
+            return
+        if event.get("content_index") != 0:
+            await self.error("invalid_value", "Invalid 'content_index': only 0 is supported.",
+                             "content_index", client_id)
+            return
+        if not isinstance(end_ms, int) or end_ms < 0:
+            await self.error("invalid_value", "Invalid 'audio_end_ms': expected a non-negative integer.",
+                             "audio_end_ms", client_id)
+            return
+        if end_ms > self.item_audio_ms[item_id]:
+            await self.error("invalid_value",
+                             f"audio_end_ms {end_ms} is longer than the item's audio "
+                             f"({self.item_audio_ms[item_id]:.0f} ms).", "audio_end_ms", client_id)
+            return
+        record["accepted"] = True
+        await self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0,
+                         "audio_end_ms": end_ms})
+
+    # -- caller audio / VAD --
+
+    def _new_detector(self) -> None:
+        turn = self.session.turn_detection
+        self._user_item = None
+        self._detector_origin_ms = self._audio_ms
+        if turn is None:
+            self._detector = None
+            return
+        rate = _FORMATS[self.session.input_format][0]
+        # threshold 0.5 (the default) -> the detector's -50 dBFS floor; 1.0 -> -40 dBFS
+        floor = -60.0 + 20.0 * float(turn.get("threshold", 0.5))
+        self._detector = SpeechDetector(
+            rate, energy_floor_dbfs=floor, end_ms=int(turn.get("silence_duration_ms", 500))
+        )
+
+    async def _feed_vad(self, data: bytes) -> None:
+        rate, decode, _ = _FORMATS[self.session.input_format]
+        pcm = decode(data)
+        self._audio_ms += len(pcm) / 2 / rate * 1000
+        turn = self.session.turn_detection
+        if self._detector is None or turn is None:
+            return
+        for ev in self._detector.feed(pcm):
+            at_ms = self._detector_origin_ms + ev.at_s * 1000
+            if ev.kind == "speech_started":
+                self._user_item = _new_id("item")
+                padding = turn.get("prefix_padding_ms", 300)
+                await self.send({"type": "input_audio_buffer.speech_started",
+                                 "audio_start_ms": int(max(0.0, at_ms - padding)), "item_id": self._user_item})
+                active = self.active
+                if active is not None and turn.get("interrupt_response", True) and not active.cancelled.is_set():
+                    active.cancel_reason = "turn_detected"
+                    active.cancelled.set()
+            else:
+                await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(at_ms),
+                                 "item_id": self._user_item})
+                await self._end_user_turn(committed_by_client=False)
+
+    async def _end_user_turn(self, *, committed_by_client: bool) -> None:
+        item_id = self._user_item or _new_id("item")
+        self._user_item = None
+        if committed_by_client and self._detector is not None:
+            self._detector.reset()
+        await self.send({"type": "input_audio_buffer.committed", "previous_item_id": self.last_item_id,
+                         "item_id": item_id})
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
+                "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}
+        await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
+                         "previous_item_id": self.last_item_id, "item": item})
+        self.last_item_id = item_id
+        if self.session.transcription is not None:
+            await self.send({"type": "conversation.item.input_audio_transcription.completed",
+                             "item_id": item_id, "content_index": 0, "transcript": self.sim.user_transcript})
+        turn = self.session.turn_detection
+        if not committed_by_client and turn is not None and turn.get("create_response", True) and self.active is None:
+            self._start_response()
+
+    # -- responses --
+
+    def _start_response(self) -> None:
+        response = _Response(id=_new_id("resp"), item_id=_new_id("item"))
+        self.active = response
+        response.task = self._spawn(self._run_response(response))
+
+    async def _run_response(self, resp: _Response) -> None:
+        names = {
+            "delta": self._name("response.output_audio.delta", "response.audio.delta"),
+            "done": self._name("response.output_audio.done", "response.audio.done"),
+            "tdelta": self._name("response.output_audio_transcript.delta", "response.audio_transcript.delta"),
+            "tdone": self._name("response.output_audio_transcript.done", "response.audio_transcript.done"),
+        }
+        text = self.sim.reply_text
+        base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
+        item = {"id": resp.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": "in_progress", "content": []}
+        try:
+            await self.send({"type": "response.created",
+                             "response": {"id": resp.id, "object": "realtime.response", "status": "in_progress",
+                                          "output": []}})
+            await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
+                             "item": item})
+            await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
+                             "previous_item_id": self.last_item_id, "item": item})
+            self.last_item_id = resp.item_id
+            await self.send({"type": names["tdelta"], **base, "delta": text})
+            rate, _, encode = _FORMATS[self.session.output_format]
+            audio = encode(await self.sim.speech(text, rate))
+            bytes_per_ms = rate / 1000 * (2 if self.session.output_format == "pcm16" else 1)
+            chunk = max(2, int(bytes_per_ms * self.sim.chunk_ms)) & ~1
+            sent = 0
+            self.item_audio_ms[resp.item_id] = 0.0
+            for offset in range(0, len(audio), chunk):
+                if resp.cancelled.is_set():
+                    break
+                piece = audio[offset : offset + chunk]
+                await self.send({"type": names["delta"], **base, "delta": base64.b64encode(piece).decode("ascii")})
+                sent += len(piece)
+                self.item_audio_ms[resp.item_id] = sent / bytes_per_ms
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(resp.cancelled.wait(), timeout=self.sim.delta_interval_s)
+            if resp.cancelled.is_set():
+                status = "cancelled"
+                details: dict[str, Any] | None = {"type": "cancelled", "reason": resp.cancel_reason}
+                item["status"] = "incomplete"
+            else:
+                status, details = "completed", None
+                await self.send({"type": names["done"], **base})
+                await self.send({"type": names["tdone"], **base, "transcript": text})
+                item["status"] = "completed"
+            item["content"] = [{"type": self._name("output_audio", "audio"), "transcript": text}]
+            await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
+                             "item": item})
+            done = {"id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
+                    "output": [item]}
+            self.responses_done.append(done)
+            await self.send({"type": "response.done", "response": done})
+        finally:
+            if self.active is resp:
+                self.active = None
+
+
+class OpenAIRealtimeSimulator:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        api_key: str | None = None,
+        user_transcript: str = "I would like to check the status of my order.",
+        reply_text: str = "Sure, I can help you with your order. Could you tell me the order number, please?",
+        close_after_s: float | None = None,
+        close_mode: str = "close",
+        chunk_ms: int = 100,
+        delta_interval_s: float = 0.02,
+        path: str = "/v1/realtime",
+        force_shape: str | None = None,
+    ) -> None:
+        if force_shape not in (None, "ga", "beta"):
+            raise ValueError("force_shape must be None, 'ga' or 'beta'")
+        if close_mode not in ("close", "abort"):
+            raise ValueError("close_mode must be 'close' or 'abort'")
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.user_transcript = user_transcript
+        self.reply_text = reply_text
+        self.close_after_s = close_after_s
+        self.close_mode = close_mode
+        self.chunk_ms = chunk_ms
+        self.delta_interval_s = delta_interval_s
+        self.path = path
+        # Speak one shape whatever the headers say (a service that dropped beta, say).
+        self.force_shape = force_shape
+        self.connections: list[SimConnection] = []
+        self.rejected: list[dict[str, Any]] = []  # refused upgrades (status, reason)
+        self._runner: web.AppRunner | None = None
+        self._speech_cache: dict[tuple[str, int], bytes] = {}
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+    # aggregated views for tests
+    @property
+    def truncates(self) -> list[dict[str, Any]]:
+        return [t for c in self.connections for t in c.truncates]
+
+    @property
+    def cancels(self) -> list[dict[str, Any]]:
+        return [t for c in self.connections for t in c.cancels]
+
+    async def speech(self, text: str, sample_rate: int) -> bytes:
+        key = (text, sample_rate)
+        if key not in self._speech_cache:
+            self._speech_cache[key] = await synthesize_async(text, sample_rate)
+        return self._speech_cache[key]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get(self.path, self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        for address in self._runner.addresses:  # the bound port when port=0
+            if isinstance(address, tuple) and len(address) >= 2:
+                self.port = int(address[1])
+                break
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        self.rejected.append({"status": status, "code": code, "message": message})
+        body = {"error": {"type": "invalid_request_error", "code": code, "message": message, "param": None}}
+        return web.json_response(body, status=status)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token:
+            return self._refuse(401, "missing_api_key",
+                                "You didn't provide an API key. Provide it in an Authorization header (Bearer).")
+        if self.api_key is not None and token != self.api_key:
+            return self._refuse(401, "invalid_api_key", "Incorrect API key provided.")
+        model = request.query.get("model")
+        if not model:
+            return self._refuse(400, "missing_model", "Missing required query parameter: 'model'.")
+        shape = self.force_shape or (
+            "beta" if request.headers.get("OpenAI-Beta", "").startswith("realtime") else "ga"
+        )
+        ws = web.WebSocketResponse(max_msg_size=32 * 1024 * 1024)
+        await ws.prepare(request)
+        conn = SimConnection(self, ws, shape, model)
+        self.connections.append(conn)
+        try:
+            await conn.run(request)
+        finally:
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Local OpenAI Realtime API simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default=None, help="require exactly this Bearer token (default: any)")
+    parser.add_argument("--reply", default=None, help="what the simulated agent says each turn")
+    parser.add_argument("--transcript", default=None, help="the caller transcript it reports")
+    parser.add_argument("--close-after", type=float, default=None, help="drop each connection after N seconds")
+    parser.add_argument("--shape", choices=("ga", "beta"), default=None,
+                        help="speak only this shape (default: beta if the OpenAI-Beta header is sent, else GA)")
+    args = parser.parse_args(argv)
+
+    kwargs: dict[str, Any] = {"api_key": args.api_key, "close_after_s": args.close_after,
+                              "force_shape": args.shape}
+    if args.reply:
+        kwargs["reply_text"] = args.reply
+    if args.transcript:
+        kwargs["user_transcript"] = args.transcript
+
+    async def serve() -> None:
+        sim = OpenAIRealtimeSimulator(args.host, args.port, **kwargs)
+        await sim.start()
+        print(f"OpenAI Realtime simulator listening on {sim.url}", flush=True)
+        try:
+            while True:
+                await asyncio.sleep(3600)
+        finally:
+            await sim.stop()
+
+    started = time.monotonic()
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        print(f"stopped after {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""PacerSchedule (pure) and Pacer.run_tick (no loop needed)."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from voiceline.core.pacer import Pacer, PacerSchedule
+
+
+def test_first_tick_is_due_at_start_then_every_period() -> None:
+    s = PacerSchedule(0.020)
+    s.start(10.0)
+    assert s.next_deadline == 10.0
+    assert s.due(10.0) == 1
+    assert s.next_deadline == pytest.approx(10.02)
+    assert s.due(10.0) == 0
+    assert s.due(10.0199) == 0
+    assert s.due(10.0201) == 1
+    assert s.next_deadline == pytest.approx(10.04)  # absolute grid, not "now + period"
+    assert (s.ticks, s.skipped_ticks) == (2, 0)
+
+
+def test_no_catch_up_burst_after_a_long_stall() -> None:
+    s = PacerSchedule(0.020)
+    s.start(0.0)
+    assert s.due(0.0) == 1
+    # The loop was blocked for a second: slots 0.02 .. 1.00 (50 of them) are all past.
+    assert s.due(1.0) == 1
+    assert s.skipped_ticks == 49
+    assert s.next_deadline == pytest.approx(1.02)
+    # Asking again at the same instant (or just after) must not release a burst.
+    assert s.due(1.0) == 0
+    assert s.due(1.019) == 0
+    assert s.due(1.02) == 1
+    assert (s.ticks, s.skipped_ticks) == (3, 49)
+    assert s.max_lateness_s == pytest.approx(0.98)
+
+
+def test_lateness_below_one_period_skips_nothing() -> None:
+    s = PacerSchedule(0.020)
+    s.start(0.0)
+    s.due(0.0)
+    assert s.due(0.035) == 1  # 15 ms late for the 0.02 slot
+    assert s.skipped_ticks == 0
+    assert s.last_lateness_s == pytest.approx(0.015)
+    assert s.next_deadline == pytest.approx(0.04)
+
+
+def test_grid_does_not_drift_over_a_long_run() -> None:
+    s = PacerSchedule(0.020)
+    s.start(0.0)
+    fired = 0
+    k = 0
+    while k <= 360_000:  # two hours of 20 ms slots, each tick 0.3 ms late
+        fired += s.due(k * 0.020 + 0.0003)
+        k += 1
+    assert fired == 360_001
+    assert s.skipped_ticks == 0
+    assert s.next_deadline == pytest.approx(360_001 * 0.020, abs=1e-6)
+
+
+def test_exact_multiple_boundaries_are_robust_to_float_rounding() -> None:
+    s = PacerSchedule(0.020)
+    s.start(0.0)
+    s.due(0.0)
+    for k in range(1, 2000):
+        assert s.due(k * 0.020) == 1, k
+    assert s.skipped_ticks == 0
+
+
+def test_due_before_start_is_an_error() -> None:
+    with pytest.raises(RuntimeError):
+        PacerSchedule().due(0.0)
+    with pytest.raises(ValueError):
+        PacerSchedule(0.0)
+
+
+def test_run_tick_calls_every_stream_and_isolates_failures() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    calls: list[tuple[str, float]] = []
+
+    def ok(name: str):
+        return lambda now: calls.append((name, now))
+
+    def broken(now: float) -> None:
+        raise ZeroDivisionError("bad stream")
+
+    pacer.register("a", ok("a"))
+    pacer.register("b", broken)
+    pacer.register("c", ok("c"))
+    with structlog.testing.capture_logs() as logs:
+        pacer.run_tick(1.0)
+        pacer.run_tick(1.02)
+    assert calls == [("a", 1.0), ("c", 1.0), ("a", 1.02), ("c", 1.02)]
+    assert not pacer.is_registered("b")
+    assert pacer.stats.tick_errors == 1 and pacer.stats.streams == 2
+    (err,) = logs
+    assert err["stream_id"] == "b" and err["log_level"] == "error" and err["exc_info"]
+
+
+def test_tick_fn_may_unregister_others_and_register_new_streams() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    calls: list[str] = []
+
+    def first(now: float) -> None:
+        calls.append("first")
+        pacer.unregister("second")
+        if not pacer.is_registered("third"):
+            pacer.register("third", lambda now: calls.append("third"))
+
+    pacer.register("first", first)
+    pacer.register("second", lambda now: calls.append("second"))
+    pacer.run_tick(0.0)
+    assert calls == ["first"]  # "second" removed mid-tick, "third" starts next tick
+    pacer.run_tick(0.02)
+    assert calls == ["first", "first", "third"]
+
+
+def test_register_twice_is_an_error_and_unregister_is_tolerant() -> None:
+    pacer = Pacer()
+    pacer.register("x", lambda now: None)
+    with pytest.raises(ValueError):
+        pacer.register("x", lambda now: None)
+    assert pacer.unregister("x") is True
+    assert pacer.unregister("x") is False
+    with pytest.raises(ValueError):
+        Pacer(spin_s=0.5)
