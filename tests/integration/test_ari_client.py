@@ -15,7 +15,12 @@ import pytest
 import structlog.testing
 from aiohttp import WSCloseCode, web
 
-from voiceline.asterisk.ari import GLOBAL_ORDERING_KEY, AriClient, AriError, event_ordering_key
+from voiceline.asterisk.ari import (
+    GLOBAL_ORDERING_KEY,
+    AriClient,
+    AriError,
+    event_ordering_key,
+)
 
 TIMEOUT_S = 5.0
 USERNAME = "voiceline-user"
@@ -195,13 +200,13 @@ def unused_port() -> int:
 
 
 def make_client(base_url: str, **overrides: Any) -> AriClient:
-    options: dict[str, Any] = dict(
-        request_timeout_s=2.0,
-        reconnect_initial_s=0.02,
-        reconnect_max_s=0.1,
-        event_worker_linger_s=0.05,
-        event_worker_idle_s=0.3,
-    )
+    options: dict[str, Any] = {
+        "request_timeout_s": 2.0,
+        "reconnect_initial_s": 0.02,
+        "reconnect_max_s": 0.1,
+        "event_worker_linger_s": 0.05,
+        "event_worker_idle_s": 0.3,
+    }
     options.update(overrides)
     return AriClient(base_url, USERNAME, PASSWORD, APP, **options)
 
@@ -841,3 +846,54 @@ async def test_close_racing_the_first_connect_attempt_ends_run_events_cleanly(
     await ari.close()
     await asyncio.wait_for(task, TIMEOUT_S)  # must return, not raise
     assert not ari.connected
+
+
+async def test_handler_may_close_the_client(
+    client: AriClient, fake_ari: FakeAri, start_events: Callable[..., Awaitable[EventsRun]]
+) -> None:
+    closed = asyncio.Event()
+
+    async def handler(event: dict[str, Any]) -> None:
+        await client.close()  # e.g. a fatal condition detected while handling an event
+        closed.set()
+
+    run = await start_events(client, handler=handler)
+    ws = await fake_ari.next_ws()
+    await ws.send_json(channel_event("StasisStart", "chan-1", args=[]))
+    await asyncio.wait_for(closed.wait(), TIMEOUT_S)
+    await asyncio.wait_for(run.task, TIMEOUT_S)
+    await wait_for_condition(lambda: client.event_worker_count == 0)
+    with pytest.raises(AriError, match="not open"):
+        await client.answer("chan-1")
+
+
+async def test_cancelling_run_events_cancels_its_workers(client: AriClient, fake_ari: FakeAri) -> None:
+    handler_started = asyncio.Event()
+
+    async def stuck_handler(event: dict[str, Any]) -> None:
+        handler_started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(client.run_events(stuck_handler))
+    ws = await fake_ari.next_ws()
+    await ws.send_json(channel_event("StasisStart", "chan-1", args=[]))
+    await asyncio.wait_for(handler_started.wait(), TIMEOUT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.event_worker_count == 0
+    assert not client.connected
+
+
+async def test_client_can_be_reopened_after_close(fake_ari: FakeAri, start_events: Callable[..., Awaitable[EventsRun]]) -> None:
+    ari = make_client(fake_ari.base_url)
+    for round_number in range(2):
+        await ari.open()
+        run = await start_events(ari)
+        ws = await fake_ari.next_ws()
+        expected_ids = [f"r{round_number}"]
+        await ws.send_json(channel_event("StasisStart", f"chan-{round_number}", args=[], test_id=expected_ids[0]))
+        await run.recorder.wait_until(lambda run=run, expected_ids=expected_ids: run.recorder.event_ids() == expected_ids)
+        assert await ari.hangup(f"chan-{round_number}") is True
+        await ari.close()
+        await asyncio.wait_for(run.task, TIMEOUT_S)

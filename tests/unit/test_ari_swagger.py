@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from voiceline.asterisk.ari import AriClient, CHANNEL_TERMINAL_EVENTS
+from voiceline.asterisk.ari import CHANNEL_TERMINAL_EVENTS, AriClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SPEC_DIR = REPO_ROOT / "lab" / ".cache" / "root" / "usr" / "share" / "asterisk" / "rest-api"

@@ -10,7 +10,8 @@ SHIPPED = REPO / "config" / "ai-agent.yaml"
 
 
 def test_shipped_config_is_valid_and_masks_secrets():
-    settings, missing = load_settings(SHIPPED, env={"ARI_PASSWORD": "s3cret"})
+    env = {"ARI_PASSWORD": "s3cret", "DEEPGRAM_API_KEY": "dg", "OPENAI_API_KEY": "oa"}
+    settings, missing = load_settings(SHIPPED, env=env)
     assert missing == []
     assert settings.asterisk.password.get_secret_value() == "s3cret"
     masked = settings.masked()
@@ -39,16 +40,18 @@ def test_typo_key_is_named():
 
 def test_negative_duration_is_named_with_value():
     with pytest.raises(ConfigError) as err:
-        parse_settings({"streaming": {"fallback_timeout_ms": -5}})
+        parse_settings({"streaming": {"provider_grace_ms": -5}})
     text = str(err.value)
-    assert "streaming.fallback_timeout_ms" in text and "-5" in text and "greater than 0" in text
+    assert "streaming.provider_grace_ms" in text and "-5" in text and "greater than or equal to 0" in text
 
 
 def test_cross_field_rules():
-    with pytest.raises(ConfigError, match="low_watermark_ms \\(200\\) must be below min_start_ms \\(120\\)"):
+    with pytest.raises(ConfigError, match="streaming: low_watermark_ms \\(200\\) must be below min_start_ms \\(120\\)"):
         parse_settings({"streaming": {"low_watermark_ms": 200}})
     with pytest.raises(ConfigError, match="jitter_buffer_ms"):
         parse_settings({"streaming": {"jitter_buffer_ms": 100, "min_start_ms": 200, "low_watermark_ms": 40}})
+    with pytest.raises(ConfigError, match="streaming: chunk_size_ms must be a multiple of 10"):
+        parse_settings({"streaming": {"chunk_size_ms": 25}})
 
 
 def test_bad_values_listed_together():

@@ -60,7 +60,9 @@ def test_random_chunk_sizes_concatenate_exactly(frame_bytes: int) -> None:
     assert jb.partial_bytes == len(data) - whole * frame_bytes
     tail = jb.take_partial_padded(b"\x00")
     assert tail is not None and len(tail) == frame_bytes
-    assert b"".join(out) + tail == data + b"\x00" * (frame_bytes - len(data) % frame_bytes)
+    assert b"".join(out) + tail == data + b"\x00" * (
+        frame_bytes - len(data) % frame_bytes
+    )
 
 
 def test_accepts_bytearray_and_memoryview() -> None:

@@ -61,10 +61,18 @@ class Run:
         return [(k, e) for k, e in self.events if isinstance(e, kind)]
 
 
-def simulate(stream: OutboundStream, actions: list[tuple], ticks: int, run: Run | None = None, first_tick: int = 0) -> Run:
+def simulate(
+    stream: OutboundStream,
+    actions: list[tuple],
+    ticks: int,
+    run: Run | None = None,
+    first_tick: int = 0,
+) -> Run:
     """actions: (time, "push"|"begin"|"end"|"flush", arg); applied before the tick at >= time."""
     run = run or Run(stream)
-    actions = sorted(actions, key=lambda a: a[0])  # stable: same-time actions keep their order
+    actions = sorted(
+        actions, key=lambda a: a[0]
+    )  # stable: same-time actions keep their order
     i = 0
     for k in range(first_tick, first_tick + ticks):
         now = k * PERIOD
@@ -95,7 +103,13 @@ def simulate(stream: OutboundStream, actions: list[tuple], ticks: int, run: Run 
     return run
 
 
-def steady(audio: bytes, chunk: int, rate: float, t0: float = 0.001, bytes_per_s: int = BYTES_PER_S) -> list[tuple]:
+def steady(
+    audio: bytes,
+    chunk: int,
+    rate: float,
+    t0: float = 0.001,
+    bytes_per_s: int = BYTES_PER_S,
+) -> list[tuple]:
     """Chunks of ``chunk`` bytes delivered at ``rate`` x real time starting at t0."""
     acts = []
     for i, pos in enumerate(range(0, len(audio), chunk)):
@@ -115,8 +129,13 @@ def first_tick_at_or_after(t: float) -> int:
 # ---- idle and basics -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "nbytes", "fill"), [(SLIN_8K, 320, 0x00), (SLIN_16K, 640, 0x00), (MULAW_8K, 160, 0xFF)])
-def test_idle_stream_sends_a_silence_frame_every_tick(fmt: AudioFormat, nbytes: int, fill: int) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "nbytes", "fill"),
+    [(SLIN_8K, 320, 0x00), (SLIN_16K, 640, 0x00), (MULAW_8K, 160, 0xFF)],
+)
+def test_idle_stream_sends_a_silence_frame_every_tick(
+    fmt: AudioFormat, nbytes: int, fill: int
+) -> None:
     s = OutboundStream("c", fmt)
     assert s.frame_bytes == nbytes
     for k in range(100):
@@ -133,7 +152,11 @@ def test_ms_settings_become_frame_counts_with_ceil() -> None:
     assert (s.min_start_frames, s.low_watermark_frames, s.capacity_frames) == (6, 2, 51)
     assert s.frame_bytes == 160
     d = OutboundStream("c", SLIN_16K)
-    assert (d.min_start_frames, d.low_watermark_frames, d.capacity_frames) == (6, 1, 3000)
+    assert (d.min_start_frames, d.low_watermark_frames, d.capacity_frames) == (
+        6,
+        1,
+        3000,
+    )
 
 
 # ---- delivery patterns ----------------------------------------------------------------
@@ -147,24 +170,42 @@ def test_steady_real_time() -> None:
     # chunk i lands at 1 ms + 20 ms * i; 6 chunks (min_start) are in by tick 6
     assert run.audio_ticks == list(range(6, 106))
     assert run.audio_bytes == audio
-    (k, started), = run.of(StreamingStarted)
+    ((k, started),) = run.of(StreamingStarted)
     assert k == 6
     assert started == StreamingStarted("c", "t1", pytest.approx(119.0), 6)
     assert run.of(StreamingPaused) == []
-    (k_end, ended), = run.of(StreamingEnded)
+    ((k_end, ended),) = run.of(StreamingEnded)
     assert k_end == first_tick_at_or_after(1.982 + 0.5) == 125  # waits out the grace
     assert ended == StreamingEnded("c", "t1", 100, 0, 0, 2000, 0, "completed")
     st = s.stats
-    assert (st.frames_sent, st.pauses, st.restarts, st.stream_starts, st.turns) == (100, 0, 0, 1, 1)
+    assert (st.frames_sent, st.pauses, st.restarts, st.stream_starts, st.turns) == (
+        100,
+        0,
+        0,
+        1,
+        1,
+    )
     assert st.silence_frames == 140 - 100
     # depth sampled on ticks 7..99 (started, turn open): always 6 frames before the pop
-    assert st.depth.summary() == {"samples": 93, "min": 6, "mean": 6.0, "p95": 6, "max": 6}
+    assert st.depth.summary() == {
+        "samples": 93,
+        "min": 6,
+        "mean": 6.0,
+        "p95": 6,
+        "max": 6,
+    }
     assert s.state is StreamState.IDLE
 
 
 @pytest.mark.parametrize(
     ("rate", "chunk"),
-    [(1.2, FRAME), (2.0, FRAME), (1.2, 10 * FRAME), (2.0, 5 * FRAME), (1.2, 7 * FRAME + 3)],
+    [
+        (1.2, FRAME),
+        (2.0, FRAME),
+        (1.2, 10 * FRAME),
+        (2.0, 5 * FRAME),
+        (1.2, 7 * FRAME + 3),
+    ],
     ids=["1.2x-20ms", "2x-20ms", "1.2x-200ms", "2x-100ms", "1.2x-odd-143ms"],
 )
 def test_steady_faster_than_real_time_never_pauses(rate: float, chunk: int) -> None:
@@ -176,28 +217,40 @@ def test_steady_faster_than_real_time_never_pauses(rate: float, chunk: int) -> N
     run = simulate(s, acts, 260)
     # Independent expectation: playback starts at the first tick with >= 6 whole frames in.
     start = next(
-        k for k in range(260) if sum(len(a[2]) for a in acts if a[1] == "push" and a[0] <= k * PERIOD) >= 6 * FRAME
+        k
+        for k in range(260)
+        if sum(len(a[2]) for a in acts if a[1] == "push" and a[0] <= k * PERIOD)
+        >= 6 * FRAME
     )
-    assert run.audio_ticks == list(range(start, start + 151))  # contiguous: no gap at all
+    assert run.audio_ticks == list(
+        range(start, start + 151)
+    )  # contiguous: no gap at all
     assert run.audio_bytes == padded(audio)
     assert len(run.of(StreamingStarted)) == 1
     assert run.of(StreamingPaused) == [] and run.of(StreamingResumed) == []
-    (_, ended), = run.of(StreamingEnded)
-    assert (ended.frames_sent, ended.silence_frames_inserted, ended.pauses, ended.reason) == (151, 0, 0, "completed")
+    ((_, ended),) = run.of(StreamingEnded)
+    assert (
+        ended.frames_sent,
+        ended.silence_frames_inserted,
+        ended.pauses,
+        ended.reason,
+    ) == (151, 0, 0, "completed")
     assert s.stats.pauses == 0 and s.stats.restarts == 0
 
 
 def test_one_burst_of_5s_at_once() -> None:
     audio = rand_audio(250 * FRAME + 101)  # 5 s + an odd partial frame
     s = OutboundStream("c", SLIN_8K)
-    run = simulate(s, [(0.003, "begin", None), (0.003, "push", audio), (0.004, "end", None)], 260)
+    run = simulate(
+        s, [(0.003, "begin", None), (0.003, "push", audio), (0.004, "end", None)], 260
+    )
     assert run.audio_ticks == list(range(1, 252))
     assert run.audio_bytes == padded(audio)
     assert run.audio[-1][1] == audio[-101:] + b"\x00" * (FRAME - 101)
-    (k, started), = run.of(StreamingStarted)
+    ((k, started),) = run.of(StreamingStarted)
     assert (k, started.depth, started.turn_id) == (1, 250, "turn1")
     assert started.first_frame_latency_ms == pytest.approx(17.0)
-    (k_end, ended), = run.of(StreamingEnded)
+    ((k_end, ended),) = run.of(StreamingEnded)
     assert k_end == 252  # grace ran out long ago: ends as soon as the audio is out
     assert ended == StreamingEnded("c", "turn1", 251, 0, 0, 251 * 20, 0, "completed")
     assert s.stats.overflow_frames_dropped == 0
@@ -207,8 +260,8 @@ def test_burst_with_turn_still_open_plays_then_pauses_dry() -> None:
     audio = rand_audio(50 * FRAME)
     s = OutboundStream("c", SLIN_8K)
     run = simulate(s, [(0.0, "push", audio)], 60)
-    assert run.audio_ticks == list(range(0, 50))
-    (k, paused), = run.of(StreamingPaused)
+    assert run.audio_ticks == list(range(50))
+    ((k, paused),) = run.of(StreamingPaused)
     assert (k, paused.depth, paused.frames_sent) == (50, 0, 50)
     # While playing with the turn open the depth before each pop went 49 .. 1, then 0 paused
     d = s.stats.depth
@@ -223,7 +276,9 @@ def test_jitter_random_sizes_and_gaps_at_1_2x_never_pauses() -> None:
     while pos < len(audio):
         n = rng.randint(1, 2 * FRAME)  # up to 40 ms, odd sizes included
         nominal = pos / BYTES_PER_S / 1.2  # when a 1.2x provider would send it
-        at = max(last_t, nominal + rng.uniform(0.0, 0.060))  # up to 60 ms late, in order
+        at = max(
+            last_t, nominal + rng.uniform(0.0, 0.060)
+        )  # up to 60 ms late, in order
         acts.append((at, "push", audio[pos : pos + n]))
         pos += n
         last_t = at
@@ -238,8 +293,12 @@ def test_jitter_random_sizes_and_gaps_at_1_2x_never_pauses() -> None:
     assert run.audio_bytes == padded(audio)
     assert len(run.of(StreamingStarted)) == 1
     assert run.of(StreamingPaused) == []
-    (_, ended), = run.of(StreamingEnded)
-    assert (ended.frames_sent, ended.pauses, ended.silence_frames_inserted) == (nframes, 0, 0)
+    ((_, ended),) = run.of(StreamingEnded)
+    assert (ended.frames_sent, ended.pauses, ended.silence_frames_inserted) == (
+        nframes,
+        0,
+        0,
+    )
     assert s.stats.depth.min is not None and s.stats.depth.min >= 1
 
 
@@ -261,20 +320,26 @@ def test_stall_3s_shorter_than_fallback_pauses_and_resumes() -> None:
     # 4.001..4.101 s, so min_start (6 frames) is back at tick 206 (4.12 s).
     assert run.audio_ticks == list(range(6, 56)) + list(range(206, 256))
     assert run.audio_bytes == audio
-    assert [(k, e) for k, e in run.of(StreamingPaused)] == [(56, StreamingPaused("c", "t1", 0, 50))]
-    (k_res, resumed), = run.of(StreamingResumed)
+    assert [(k, e) for k, e in run.of(StreamingPaused)] == [
+        (56, StreamingPaused("c", "t1", 0, 50))
+    ]
+    ((k_res, resumed),) = run.of(StreamingResumed)
     assert (k_res, resumed.depth) == (206, 6)
     assert resumed.paused_ms == pytest.approx(3000.0)
     assert len(run.of(StreamingStarted)) == 1  # the stream was never restarted
     assert run.of(FallbackRequested) == []
-    (_, ended), = run.of(StreamingEnded)
-    assert ended == StreamingEnded("c", "t1", 100, 150, 1, (100 + 150) * 20, 0, "completed")
+    ((_, ended),) = run.of(StreamingEnded)
+    assert ended == StreamingEnded(
+        "c", "t1", 100, 150, 1, (100 + 150) * 20, 0, "completed"
+    )
     assert s.stats.restarts == 0 and s.stats.fallbacks == 0
 
 
 def test_stall_3s_longer_than_fallback_hands_the_rest_over() -> None:
     audio = rand_audio(100 * FRAME)
-    trickle = rand_audio(3 * FRAME + 101, seed=99)  # arrives during the stall, < min_start
+    trickle = rand_audio(
+        3 * FRAME + 101, seed=99
+    )  # arrives during the stall, < min_start
     params = StreamParams(fallback_timeout_ms=2000)
     s = OutboundStream("call-9", SLIN_8K, params)
     acts = _stall_actions(audio, 3.0)
@@ -282,34 +347,45 @@ def test_stall_3s_longer_than_fallback_hands_the_rest_over() -> None:
     acts.append((2.0, "push", trickle))
     acts.append((4.982, "end", None))
     acts.append((6.0, "begin", "t2"))
-    acts.append((6.0, "push", audio[:10 * FRAME]))
+    acts.append((6.0, "push", audio[: 10 * FRAME]))
     acts.append((6.0, "end", None))
     run = simulate(s, acts, 330)
     # Last agent frame at tick 55 (1.10 s) + 2 s timeout = tick 155.
     (k_fb, fb), (k_rest, rest) = run.of(FallbackRequested)
     assert k_fb == 155
-    assert fb == FallbackRequested("call-9", "t1", trickle, "voiceline-call-9-turn1-fallback")
+    assert fb == FallbackRequested(
+        "call-9", "t1", trickle, "voiceline-call-9-turn1-fallback"
+    )
     # Chunks of t1 still arriving are collected and handed over when its grace closes.
     assert k_rest == first_tick_at_or_after(4.982 + 0.5)
     assert rest.audio == audio[50 * FRAME :]
     assert rest.playback_id == "voiceline-call-9-turn1-fallback-rest"
     ends = run.of(StreamingEnded)
-    assert ends[0] == (155, StreamingEnded("call-9", "t1", 50, 0, 1, 1000, 0, "fallback"))
+    assert ends[0] == (
+        155,
+        StreamingEnded("call-9", "t1", 50, 0, 1, 1000, 0, "fallback"),
+    )
     # Only silence between the fallback and turn 2; turn 2 streams normally.
     assert run.audio_ticks == list(range(6, 56)) + list(range(300, 310))
-    assert run.audio[-10:] and b"".join(f for _, f in run.audio[-10:]) == audio[: 10 * FRAME]
+    assert (
+        run.audio[-10:]
+        and b"".join(f for _, f in run.audio[-10:]) == audio[: 10 * FRAME]
+    )
     assert [e.turn_id for _, e in run.of(StreamingStarted)] == ["t1", "t2"]
-    assert ends[1] == (325, StreamingEnded("call-9", "t2", 10, 0, 0, 200, 0, "completed"))
+    assert ends[1] == (
+        325,
+        StreamingEnded("call-9", "t2", 10, 0, 0, 200, 0, "completed"),
+    )
     assert s.stats.fallbacks == 1
 
 
 def test_fallback_when_provider_never_sends_audio() -> None:
     s = OutboundStream("c", SLIN_8K)
     run = simulate(s, [(0.01, "begin", None)], 210)
-    (k, fb), = run.of(FallbackRequested)
+    ((k, fb),) = run.of(FallbackRequested)
     assert k == first_tick_at_or_after(0.01 + 4.0) == 201
     assert fb.audio == b""
-    (_, ended), = run.of(StreamingEnded)
+    ((_, ended),) = run.of(StreamingEnded)
     assert (ended.reason, ended.frames_sent) == ("fallback", 0)
     assert run.of(StreamingStarted) == []
 
@@ -339,7 +415,9 @@ def test_tiny_chunks_1_to_7_bytes() -> None:
     assert run.of(StreamingPaused) == []
 
 
-@pytest.mark.parametrize(("fmt", "frame"), [(SLIN_8K, 320), (SLIN_16K, 640), (MULAW_8K, 160)])
+@pytest.mark.parametrize(
+    ("fmt", "frame"), [(SLIN_8K, 320), (SLIN_16K, 640), (MULAW_8K, 160)]
+)
 def test_odd_byte_counts_carry_over_exactly(fmt: AudioFormat, frame: int) -> None:
     sizes = [321, 319, 1, 639, 3, 1001, 157, 2049, 5]
     audio = rand_audio(sum(sizes), seed=frame)
@@ -387,26 +465,37 @@ def test_resume_needs_min_start_and_does_not_repause_immediately() -> None:
     s = OutboundStream("c", SLIN_8K)
     a = rand_audio(20 * FRAME)
     acts = [(0.0, "push", a[: 6 * FRAME])]  # starts at tick 0, dry at tick 6
-    acts += [(0.15 + i * 0.03, "push", a[(6 + i) * FRAME : (7 + i) * FRAME]) for i in range(6)]  # 6 frames by 0.30
+    acts += [
+        (0.15 + i * 0.03, "push", a[(6 + i) * FRAME : (7 + i) * FRAME])
+        for i in range(6)
+    ]  # 6 frames by 0.30
     acts += [(0.5, "end", None)]
     run = simulate(s, acts, 60)
     # Dry at tick 6; the 6th frame of the refill lands at 0.30 s, so resume at tick 15
     # (not at the first frame back), then it plays all 6 before it can run dry again.
     assert [k for k, _ in run.of(StreamingPaused)] == [6, 21]
     assert [k for k, _ in run.of(StreamingResumed)] == [15]
-    assert run.audio_ticks == list(range(0, 6)) + list(range(15, 21))
-    (k_end, ended), = run.of(StreamingEnded)
+    assert run.audio_ticks == list(range(6)) + list(range(15, 21))
+    ((k_end, ended),) = run.of(StreamingEnded)
     assert k_end == 50  # end_turn at 0.5 s + 0.5 s grace
     # The second pause is never resumed (the turn ends dry): its silence is not "inserted".
-    assert (ended.pauses, ended.silence_frames_inserted, ended.frames_sent) == (2, 9, 12)
+    assert (ended.pauses, ended.silence_frames_inserted, ended.frames_sent) == (
+        2,
+        9,
+        12,
+    )
 
 
 def test_turn_ending_while_paused_drains_without_waiting_for_min_start() -> None:
     s = OutboundStream("c", SLIN_8K)
     a = rand_audio(8 * FRAME + 10)
-    acts = [(0.0, "push", a[: 6 * FRAME]), (0.2, "push", a[6 * FRAME :]), (0.2, "end", None)]
+    acts = [
+        (0.0, "push", a[: 6 * FRAME]),
+        (0.2, "push", a[6 * FRAME :]),
+        (0.2, "end", None),
+    ]
     run = simulate(s, acts, 40)
-    assert run.audio_ticks == list(range(0, 6)) + [10, 11, 12]
+    assert run.audio_ticks == list(range(6)) + [10, 11, 12]
     assert run.audio_bytes == padded(a)
     assert [k for k, _ in run.of(StreamingResumed)] == [10]
 
@@ -419,12 +508,16 @@ def test_late_chunk_inside_grace_is_played() -> None:
     s = OutboundStream("c", SLIN_8K)
     run = simulate(s, [(0.0, "push", a), (0.01, "end", None), (0.3, "push", late)], 80)
     assert run.audio_bytes == padded(a + late)
-    assert run.audio_ticks == list(range(0, 53))
+    assert run.audio_ticks == list(range(53))
     assert s.stats.late_chunks_dropped == 0
 
 
 def test_late_chunk_after_grace_dropped_counted_and_not_played_into_next_turn() -> None:
-    a, late, b = rand_audio(50 * FRAME), rand_audio(FRAME, seed=2), rand_audio(10 * FRAME, seed=3)
+    a, late, b = (
+        rand_audio(50 * FRAME),
+        rand_audio(FRAME, seed=2),
+        rand_audio(10 * FRAME, seed=3),
+    )
     s = OutboundStream("c", SLIN_8K)
     acts = [
         (0.0, "begin", "t1"),
@@ -438,7 +531,7 @@ def test_late_chunk_after_grace_dropped_counted_and_not_played_into_next_turn() 
     ]
     run = simulate(s, acts, 130)
     assert run.audio_bytes == a + b
-    assert run.audio_ticks == list(range(0, 50)) + list(range(100, 110))
+    assert run.audio_ticks == list(range(50)) + list(range(100, 110))
     ends = [e for _, e in run.of(StreamingEnded)]
     assert [(e.turn_id, e.late_chunks_dropped) for e in ends] == [("t1", 1), ("t2", 0)]
     assert s.stats.late_chunks_dropped == 2
@@ -451,7 +544,7 @@ def test_grace_chunk_after_final_padded_frame_keeps_sample_alignment() -> None:
     run = simulate(s, [(0.0, "push", a), (0.0, "end", None), (0.1, "push", late)], 30)
     assert run.audio_ticks == [0, 1, 2, 3, 5, 6]
     assert run.audio_bytes == padded(a) + late[1:]
-    (k, ended), = run.of(StreamingEnded)
+    ((k, ended),) = run.of(StreamingEnded)
     assert k == 25
     assert (ended.frames_sent, ended.silence_frames_inserted) == (6, 1)
 
@@ -459,7 +552,14 @@ def test_grace_chunk_after_final_padded_frame_keeps_sample_alignment() -> None:
 def test_begin_turn_ends_grace() -> None:
     a, b, c = (rand_audio(10 * FRAME, seed=i) for i in (1, 2, 3))
     s = OutboundStream("c", SLIN_8K)
-    acts = [(0.0, "begin", "t1"), (0.0, "push", a), (0.0, "end", None), (0.1, "begin", "t2"), (0.1, "push", b), (0.2, "push", c)]
+    acts = [
+        (0.0, "begin", "t1"),
+        (0.0, "push", a),
+        (0.0, "end", None),
+        (0.1, "begin", "t2"),
+        (0.1, "push", b),
+        (0.2, "push", c),
+    ]
     run = simulate(s, acts, 40)
     assert run.audio_bytes == a + b + c  # c belongs to t2, never to t1
     assert s.stats.late_chunks_dropped == 0
@@ -492,8 +592,10 @@ def test_flush_drops_everything_and_late_chunks_of_the_turn() -> None:
     ]
     run = simulate(s, acts, 110)
     (res,) = run.flushes
-    assert res == FlushResult(played_ms=1000.0, dropped_frames=51, turn_id="t1")  # 50 whole + the partial
-    assert run.audio_ticks == list(range(0, 50)) + list(range(75, 83))
+    assert res == FlushResult(
+        played_ms=1000.0, dropped_frames=51, turn_id="t1"
+    )  # 50 whole + the partial
+    assert run.audio_ticks == list(range(50)) + list(range(75, 83))
     assert run.audio_bytes == a[: 50 * FRAME] + b
     ends = run.of(StreamingEnded)
     assert ends[0] == (50, StreamingEnded("c", "t1", 50, 0, 0, 1000, 0, "barge-in"))
@@ -516,7 +618,10 @@ def test_flush_while_buffering_and_with_queued_turns() -> None:
     res = s.flush(0.1)
     assert res == FlushResult(played_ms=100.0, dropped_frames=15 + 3, turn_id="t1")
     ends = [e for e in s.drain_events() if isinstance(e, StreamingEnded)]
-    assert [(e.turn_id, e.reason, e.frames_sent) for e in ends] == [("t1", "barge-in", 5), ("t2", "barge-in", 0)]
+    assert [(e.turn_id, e.reason, e.frames_sent) for e in ends] == [
+        ("t1", "barge-in", 5),
+        ("t2", "barge-in", 0),
+    ]
     assert s.state is StreamState.IDLE
     assert s.flush(0.2) == FlushResult(0.0, 0, None)
 
@@ -527,22 +632,41 @@ def test_flush_while_buffering_and_with_queued_turns() -> None:
 def test_back_to_back_turns_play_without_a_gap_one_start_each() -> None:
     a, b = rand_audio(50 * FRAME + 30), rand_audio(25 * FRAME, seed=2)
     s = OutboundStream("c", SLIN_8K)
-    acts = [(0.0, "begin", "t1"), (0.0, "push", a), (0.01, "end", None), (0.1, "begin", "t2"), (0.1, "push", b), (0.11, "end", None)]
+    acts = [
+        (0.0, "begin", "t1"),
+        (0.0, "push", a),
+        (0.01, "end", None),
+        (0.1, "begin", "t2"),
+        (0.1, "push", b),
+        (0.11, "end", None),
+    ]
     run = simulate(s, acts, 120)
-    assert run.audio_ticks == list(range(0, 76))
+    assert run.audio_ticks == list(range(76))
     assert run.audio_bytes == padded(a) + b
     starts = run.of(StreamingStarted)
     ends = run.of(StreamingEnded)
     assert [(k, e.turn_id) for k, e in starts] == [(0, "t1"), (51, "t2")]
     assert starts[1][1].first_frame_latency_ms == pytest.approx(0.0)
-    assert [(k, e.turn_id, e.frames_sent) for k, e in ends] == [(51, "t1", 51), (76, "t2", 25)]
+    assert [(k, e.turn_id, e.frames_sent) for k, e in ends] == [
+        (51, "t1", 51),
+        (76, "t2", 25),
+    ]
     assert s.stats.turns == 2 and s.stats.stream_starts == 2 and s.stats.restarts == 0
 
 
 def test_begin_turn_implicitly_ends_an_open_turn() -> None:
     a, b = rand_audio(10 * FRAME + 3), rand_audio(10 * FRAME, seed=2)
     s = OutboundStream("c", SLIN_8K)
-    run = simulate(s, [(0.0, "push", a), (0.05, "begin", "t2"), (0.05, "push", b), (0.05, "end", None)], 40)
+    run = simulate(
+        s,
+        [
+            (0.0, "push", a),
+            (0.05, "begin", "t2"),
+            (0.05, "push", b),
+            (0.05, "end", None),
+        ],
+        40,
+    )
     assert run.audio_bytes == padded(a) + b
     assert [e.turn_id for _, e in run.of(StreamingEnded)] == ["turn1", "t2"]
 
@@ -559,7 +683,9 @@ def test_empty_turn_ends_after_grace_without_start() -> None:
     s = OutboundStream("c", SLIN_8K)
     run = simulate(s, [(0.0, "begin", "t1"), (0.1, "end", None)], 40)
     assert run.of(StreamingStarted) == []
-    assert [(k, e.frames_sent, e.reason) for k, e in run.of(StreamingEnded)] == [(30, 0, "completed")]
+    assert [(k, e.frames_sent, e.reason) for k, e in run.of(StreamingEnded)] == [
+        (30, 0, "completed")
+    ]
 
 
 def test_close_ends_the_turn_with_call_ended() -> None:
@@ -629,6 +755,50 @@ def test_on_event_exceptions_propagate() -> None:
         s.tick(0.0)
 
 
+def test_events_raised_inside_push_are_delivered_to_on_event() -> None:
+    seen: list[StreamEvent] = []
+    s = OutboundStream(
+        "c", SLIN_8K, StreamParams(fallback_timeout_ms=1000), on_event=seen.append
+    )
+    s.begin_turn(0.0)
+    for k in range(51):  # nothing arrives: fallback at tick 50 (1.0 s)
+        s.tick(k * PERIOD)
+    s.push(b"abc", 1.1)  # collected for the fallen-back turn
+    s.end_turn(1.2)
+    s.push(b"zz", 1.8)  # grace over: the rest is handed over, then this chunk is late
+    assert [type(e).__name__ for e in seen] == [
+        "FallbackRequested",
+        "StreamingEnded",
+        "FallbackRequested",
+    ]
+    assert isinstance(seen[-1], FallbackRequested) and seen[-1].audio == b"abc"
+    assert s.stats.late_chunks_dropped == 1
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+def test_stream_logs_transitions_only_at_debug(level: str) -> None:
+    s = OutboundStream("c", SLIN_8K, StreamParams(logging_level=level))
+    a = rand_audio(20 * FRAME)
+    acts = [
+        (0.0, "push", a[: 10 * FRAME]),
+        (0.3, "push", a[10 * FRAME :]),
+        (0.3, "end", None),
+        (1.0, "push", b"late"),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        simulate(s, acts, 60)
+    names = {r["event"] for r in logs}
+    if level == "DEBUG":
+        assert {
+            "streaming paused",
+            "streaming resumed",
+            "streaming late chunk dropped",
+        } <= names
+        assert all(r["log_level"] == "debug" for r in logs)
+    else:
+        assert logs == []
+
+
 # ---- params --------------------------------------------------------------------------------------
 
 
@@ -636,7 +806,11 @@ def test_default_params_are_valid() -> None:
     p = StreamParams()
     p.validate()
     assert (p.chunk_size_ms, p.min_start_ms, p.low_watermark_ms) == (20, 120, 20)
-    assert (p.jitter_buffer_ms, p.fallback_timeout_ms, p.provider_grace_ms) == (60_000, 4000, 500)
+    assert (p.jitter_buffer_ms, p.fallback_timeout_ms, p.provider_grace_ms) == (
+        60_000,
+        4000,
+        500,
+    )
 
 
 @pytest.mark.parametrize(
@@ -648,7 +822,10 @@ def test_default_params_are_valid() -> None:
         ({"min_start_ms": 10}, "min_start_ms"),
         ({"low_watermark_ms": 10}, "low_watermark_ms"),
         ({"low_watermark_ms": 120}, "low_watermark_ms"),
-        ({"low_watermark_ms": 110}, "low_watermark_ms"),  # ceil: 6 frames == min_start frames
+        (
+            {"low_watermark_ms": 110},
+            "low_watermark_ms",
+        ),  # ceil: 6 frames == min_start frames
         ({"jitter_buffer_ms": 100}, "jitter_buffer_ms"),
         ({"fallback_timeout_ms": 100}, "fallback_timeout_ms"),
         ({"provider_grace_ms": -1}, "provider_grace_ms"),
@@ -703,7 +880,11 @@ def test_manager_sends_frames_logs_once_per_turn_and_closes() -> None:
     assert res is not None and res.turn_id == "t2"
     assert not pacer.is_registered("call-1") and mgr.get("call-1") is None
     assert mgr.close("call-1") is None
-    info = [(r["event"], r.get("turn_id"), r.get("reason")) for r in logs if r["log_level"] == "info"]
+    info = [
+        (r["event"], r.get("turn_id"), r.get("reason"))
+        for r in logs
+        if r["log_level"] == "info"
+    ]
     assert info == [
         ("STREAMING STARTED", "t1", None),
         ("STREAMING ENDED", "t1", "completed"),
@@ -711,7 +892,12 @@ def test_manager_sends_frames_logs_once_per_turn_and_closes() -> None:
         ("STREAMING ENDED", "t2", "call-ended"),
     ]
     assert all(r["call_id"] == "call-1" for r in logs if r["log_level"] == "info")
-    assert [type(e).__name__ for e in events] == ["StreamingStarted", "StreamingEnded", "StreamingStarted", "StreamingEnded"]
+    assert [type(e).__name__ for e in events] == [
+        "StreamingStarted",
+        "StreamingEnded",
+        "StreamingStarted",
+        "StreamingEnded",
+    ]
 
 
 def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream() -> None:
@@ -737,7 +923,10 @@ def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream() -> 
 
 def test_manager_validates_pacer_period_and_duplicate_open() -> None:
     with pytest.raises(ValueError, match="chunk_size_ms"):
-        StreamingPlaybackManager(StreamParams(chunk_size_ms=10, min_start_ms=120, low_watermark_ms=10), Pacer())
+        StreamingPlaybackManager(
+            StreamParams(chunk_size_ms=10, min_start_ms=120, low_watermark_ms=10),
+            Pacer(),
+        )
     mgr = StreamingPlaybackManager(StreamParams(), Pacer(clock=FakeClock()))
     mgr.open("x", SLIN_8K, lambda f: None)
     with pytest.raises(ValueError):

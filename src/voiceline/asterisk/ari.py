@@ -24,7 +24,7 @@ import random
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -186,10 +186,15 @@ class _ChannelEventDispatcher:
         self._linger_s = linger_s
         self._queues: dict[str | None, asyncio.Queue[dict[str, Any]]] = {}
         self._workers: dict[str | None, asyncio.Task[None]] = {}
+        self._cancelling = False
 
     @property
     def worker_count(self) -> int:
         return len(self._workers)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelling
 
     def submit(self, event: dict[str, Any]) -> None:
         key = event_ordering_key(event)
@@ -216,6 +221,10 @@ class _ChannelEventDispatcher:
                 if key is not GLOBAL_ORDERING_KEY and event.get("type") in CHANNEL_TERMINAL_EVENTS:
                     channel_ended = True
                 await self._deliver(key, event)
+                if self._cancelling:
+                    # Only reachable by the worker whose handler called close(): it was spared
+                    # cancellation so close() could finish, and must not linger afterwards.
+                    return
         finally:
             if self._workers.get(key) is asyncio.current_task():
                 del self._workers[key]
@@ -236,6 +245,7 @@ class _ChannelEventDispatcher:
             log.exception("ari.event_handler_failed", event_type=event.get("type"), channel_id=key)
 
     async def cancel_workers(self) -> None:
+        self._cancelling = True
         current = asyncio.current_task()
         # A handler may itself be the one calling close(); it must not cancel itself.
         to_cancel = [task for task in self._workers.values() if task is not current]
@@ -257,9 +267,9 @@ class AriClient:
         await client.close()   # also ends run_events
     """
 
-    REST_ENDPOINTS: list[tuple[str, str]] = [(endpoint.method, endpoint.path) for endpoint in _REST_ENDPOINTS]
+    REST_ENDPOINTS: ClassVar[list[tuple[str, str]]] = [(endpoint.method, endpoint.path) for endpoint in _REST_ENDPOINTS]
     # (method, path) -> {"path": ..., "query": ..., "query_always": ..., "body": ...} parameter names.
-    REST_ENDPOINT_PARAMS: dict[tuple[str, str], dict[str, frozenset[str]]] = {
+    REST_ENDPOINT_PARAMS: ClassVar[dict[tuple[str, str], dict[str, frozenset[str]]]] = {
         (endpoint.method, endpoint.path): {
             "path": frozenset(endpoint.path_params),
             "query": endpoint.query,
@@ -292,7 +302,9 @@ class AriClient:
         if parsed.query_string or parsed.fragment:
             raise ValueError(f"ARI base_url must not have a query or fragment: {base_url!r}")
         if not parsed.path.rstrip("/").endswith("/ari"):
-            raise ValueError(f"ARI base_url must include the /ari path, e.g. http://127.0.0.1:8088/ari; got {base_url!r}")
+            raise ValueError(
+                f"ARI base_url must include the /ari path, e.g. http://127.0.0.1:8088/ari; got {base_url!r}"
+            )
         if not app_name:
             raise ValueError("app_name must not be empty")
         if reconnect_initial_s <= 0 or reconnect_max_s < reconnect_initial_s:
@@ -477,7 +489,9 @@ class AriClient:
             return None
         value = _expect_object(result, _CHANNEL_VARIABLE_GET).get("value")
         if not isinstance(value, str):
-            raise AriError(200, "GET", _CHANNEL_VARIABLE_GET.path, json.dumps(result), "ARI variable response has no string 'value'")
+            raise AriError(
+                200, "GET", _CHANNEL_VARIABLE_GET.path, json.dumps(result), "ARI variable response has no string 'value'"
+            )
         return value
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
@@ -559,7 +573,7 @@ class AriClient:
             return
         if self._session is None:
             raise RuntimeError("AriClient.open() must be called before run_events()")
-        if self._dispatcher is None:
+        if self._dispatcher is None or self._dispatcher.cancelled:
             self._dispatcher = _ChannelEventDispatcher(
                 on_event, idle_s=self._event_worker_idle_s, linger_s=self._event_worker_linger_s
             )
@@ -653,7 +667,7 @@ class AriClient:
         session = self._session
         if session is None or session.closed:
             return None, "client closed"
-        params = {"app": self.app_name, "subscribeAll": "false", "api_key": "voiceline-user:pw-Zq81-secret"}
+        params = {"app": self.app_name, "subscribeAll": "false"}
         EVENTS_ENDPOINT.check_request(params, None)
         try:
             ws = await self._unless_stopped(
@@ -771,7 +785,7 @@ def _basic_authorization(username: str, password: str) -> str:
     # sending the header ourselves guarantees it is used for the websocket upgrade too.
     if ":" in username:
         raise ValueError("ARI username must not contain ':' (RFC 7617 Basic auth)")
-    credentials = f"{username}:{password}".encode("utf-8")
+    credentials = f"{username}:{password}".encode()
     return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 

@@ -28,7 +28,7 @@ __all__ = ["JitterBuffer"]
 class JitterBuffer:
     """FIFO of exact ``frame_bytes`` frames plus one carried partial frame."""
 
-    __slots__ = ("_frame_bytes", "_capacity", "_frames", "_partial", "frames_dropped")
+    __slots__ = ("_capacity", "_frame_bytes", "_frames", "_partial", "frames_dropped")
 
     def __init__(self, frame_bytes: int, capacity_frames: int) -> None:
         if frame_bytes <= 0:

@@ -51,13 +51,13 @@ class PacerSchedule:
     """
 
     __slots__ = (
-        "period_s",
-        "_t0",
         "_slot",
-        "ticks",
-        "skipped_ticks",
+        "_t0",
         "last_lateness_s",
         "max_lateness_s",
+        "period_s",
+        "skipped_ticks",
+        "ticks",
     )
 
     # Slack on the slot index so k * period landing a rounding error above `now`
@@ -103,8 +103,7 @@ class PacerSchedule:
         self.ticks += 1
         late = now - deadline
         self.last_lateness_s = late
-        if late > self.max_lateness_s:
-            self.max_lateness_s = late
+        self.max_lateness_s = max(self.max_lateness_s, late)
         return 1
 
 
@@ -166,13 +165,21 @@ class Pacer:
             raise ValueError(f"stream {stream_id!r} is already registered")
         self._streams[stream_id] = tick_fn
         if self._debug:
-            log.debug("pacer stream registered", stream_id=stream_id, streams=len(self._streams))
+            log.debug(
+                "pacer stream registered",
+                stream_id=stream_id,
+                streams=len(self._streams),
+            )
 
     def unregister(self, stream_id: str) -> bool:
         """Remove a stream; False if it was not registered (e.g. removed after an error)."""
         removed = self._streams.pop(stream_id, None) is not None
         if removed and self._debug:
-            log.debug("pacer stream unregistered", stream_id=stream_id, streams=len(self._streams))
+            log.debug(
+                "pacer stream unregistered",
+                stream_id=stream_id,
+                streams=len(self._streams),
+            )
         return removed
 
     def is_registered(self, stream_id: str) -> bool:

@@ -51,11 +51,10 @@ draining does not cut it; the new turn plays when the previous one has finished.
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 
 import structlog
@@ -170,12 +169,16 @@ class StreamParams:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer number of ms, got {value!r}")
+                # Config errors are all ValueError (naming the field) for the loader.
+                msg = f"{name} must be an integer number of ms, got {value!r}"
+                raise ValueError(msg)  # noqa: TRY004
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         chunk = self.chunk_size_ms
         if chunk % 10 or not 10 <= chunk <= 60:
-            raise ValueError(f"chunk_size_ms must be a multiple of 10 in [10, 60], got {chunk}")
+            raise ValueError(
+                f"chunk_size_ms must be a multiple of 10 in [10, 60], got {chunk}"
+            )
         if self.min_start_ms < chunk:
             raise ValueError(
                 f"min_start_ms ({self.min_start_ms}) must be >= chunk_size_ms ({chunk})"
@@ -202,8 +205,13 @@ class StreamParams:
                 f" > min_start_ms ({self.min_start_ms}), or a real-time provider would fall"
                 " back while its first frames are still buffering"
             )
-        if not isinstance(self.logging_level, str) or self.logging_level.upper() not in _LEVELS:
-            raise ValueError(f"logging_level must be one of {_LEVELS}, got {self.logging_level!r}")
+        if (
+            not isinstance(self.logging_level, str)
+            or self.logging_level.upper() not in _LEVELS
+        ):
+            raise ValueError(
+                f"logging_level must be one of {_LEVELS}, got {self.logging_level!r}"
+            )
 
 
 # ---- events -----------------------------------------------------------------------
@@ -279,7 +287,13 @@ class FallbackRequested:
     playback_id: str
 
 
-StreamEvent = StreamingStarted | StreamingPaused | StreamingResumed | StreamingEnded | FallbackRequested
+StreamEvent = (
+    StreamingStarted
+    | StreamingPaused
+    | StreamingResumed
+    | StreamingEnded
+    | FallbackRequested
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +322,7 @@ class DepthHistogram:
     """Running histogram of queue depths in whole frames: O(distinct depths) memory,
     bounded by the buffer capacity, independent of call length."""
 
-    __slots__ = ("_counts", "count", "_total", "min", "max")
+    __slots__ = ("_counts", "_total", "count", "max", "min")
 
     def __init__(self) -> None:
         self._counts: dict[int, int] = {}
@@ -380,7 +394,9 @@ class StreamStats:
 
     def as_dict(self) -> dict[str, object]:
         d: dict[str, object] = {
-            name: getattr(self, name) for name in self.__dataclass_fields__ if name != "depth"
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "depth"
         }
         d["first_frame_latency_ms"] = list(self.first_frame_latency_ms)
         d["depth"] = self.depth.summary()
@@ -392,30 +408,30 @@ class StreamStats:
 
 class _Turn:
     __slots__ = (
-        "n",
-        "turn_id",
-        "buffer",
+        "audio_bytes_sent",
         "began_at",
-        "first_chunk_at",
-        "head_since",
-        "fallback_deadline",
-        "ended",
-        "grace_deadline",
+        "buffer",
         "closed",
-        "started",
-        "stream_starts",
+        "ended",
+        "fallback_deadline",
+        "fallback_rest",
+        "fallen_back",
+        "first_chunk_at",
+        "frames_sent",
+        "grace_deadline",
+        "head_since",
+        "late_chunks_dropped",
+        "n",
+        "overflow_dropped",
         "paused",
         "paused_at",
-        "frames_sent",
-        "audio_bytes_sent",
+        "pauses",
         "pending_silence",
         "silence_inserted",
-        "pauses",
-        "late_chunks_dropped",
-        "overflow_dropped",
-        "fallen_back",
-        "fallback_rest",
         "skip_bytes",
+        "started",
+        "stream_starts",
+        "turn_id",
     )
 
     def __init__(self, n: int, turn_id: str, buffer: JitterBuffer, now: float) -> None:
@@ -469,11 +485,15 @@ class OutboundStream:
         self.params = params
         self.frame_bytes = wire_format.bytes_for_ms(params.chunk_size_ms)
         if self.frame_bytes <= 0:
-            raise ValueError(f"{wire_format} has no whole sample in {params.chunk_size_ms} ms")
+            raise ValueError(
+                f"{wire_format} has no whole sample in {params.chunk_size_ms} ms"
+            )
         self.min_start_frames = params.frames(params.min_start_ms)
         self.low_watermark_frames = params.frames(params.low_watermark_ms)
         self.capacity_frames = params.frames(params.jitter_buffer_ms)
-        self._fallback_s = params.fallback_timeout_ms / 1000.0 if params.fallback_timeout_ms else None
+        self._fallback_s = (
+            params.fallback_timeout_ms / 1000.0 if params.fallback_timeout_ms else None
+        )
         self._grace_s = params.provider_grace_ms / 1000.0
         self._silence = wire_format.silence(self.frame_bytes)
         self._pad = wire_format.silence(1)
@@ -531,23 +551,36 @@ class OutboundStream:
         """
         if self._closed:
             raise RuntimeError(f"stream {self.call_id} is closed")
+        turn_id = self._begin(now, turn_id)
+        self._dispatch()
+        return turn_id
+
+    def _begin(self, now: float, turn_id: str | None) -> str:
         self._expire(now)
         prev = self._context
         if prev is not None and not prev.closed:
             if not prev.ended:
                 prev.ended = True
                 if self._debug:
-                    log.debug("streaming turn implicitly ended", call_id=self.call_id, turn_id=prev.turn_id)
+                    log.debug(
+                        "streaming turn implicitly ended",
+                        call_id=self.call_id,
+                        turn_id=prev.turn_id,
+                    )
             self._close_context(prev, emit_rest=True)
         self._turn_count += 1
         n = self._turn_count
-        turn = _Turn(n, turn_id or f"turn{n}", JitterBuffer(self.frame_bytes, self.capacity_frames), now)
+        turn = _Turn(
+            n,
+            turn_id or f"turn{n}",
+            JitterBuffer(self.frame_bytes, self.capacity_frames),
+            now,
+        )
         self.stats.turns += 1
         self._context = turn
         self._queue.append(turn)
         if len(self._queue) == 1:
             self._activate(turn, now)
-        self._dispatch()
         return turn.turn_id
 
     def push(self, chunk: bytes, now: float) -> int:
@@ -559,6 +592,11 @@ class OutboundStream:
         """
         if not chunk:
             return 0
+        dropped = self._push(chunk, now)
+        self._dispatch()
+        return dropped
+
+    def _push(self, chunk: bytes, now: float) -> int:
         self._expire(now)
         turn = self._context
         if self._closed or (turn is not None and turn.closed):
@@ -574,7 +612,7 @@ class OutboundStream:
                 )
             return 0
         if turn is None:
-            self.begin_turn(now)
+            self._begin(now, None)
             turn = self._context
             assert turn is not None
         if turn.first_chunk_at is None:
@@ -603,7 +641,6 @@ class OutboundStream:
                 )
             turn.overflow_dropped += dropped
             self.stats.overflow_frames_dropped += dropped
-        self._dispatch()
         return dropped
 
     def end_turn(self, now: float) -> None:
@@ -613,11 +650,11 @@ class OutboundStream:
         if turn is None or turn.closed or turn.ended:
             if self._debug:
                 log.debug("streaming end_turn without open turn", call_id=self.call_id)
-            return
-        turn.ended = True
-        turn.grace_deadline = now + self._grace_s
-        if self._grace_s <= 0:
-            self._close_context(turn, emit_rest=True)
+        else:
+            turn.ended = True
+            turn.grace_deadline = now + self._grace_s
+            if self._grace_s <= 0:
+                self._close_context(turn, emit_rest=True)
         self._dispatch()
 
     # ---- phone side -------------------------------------------------------------
@@ -654,8 +691,14 @@ class OutboundStream:
         self._expire(now)
         head = self._queue[0] if self._queue else None
         ctx = self._context
-        played_ms = self.wire_format.ms_for_bytes(head.audio_bytes_sent) if head else 0.0
-        turn_id = head.turn_id if head else (ctx.turn_id if ctx is not None and not ctx.closed else None)
+        played_ms = (
+            self.wire_format.ms_for_bytes(head.audio_bytes_sent) if head else 0.0
+        )
+        turn_id = (
+            head.turn_id
+            if head
+            else (ctx.turn_id if ctx is not None and not ctx.closed else None)
+        )
         dropped = 0
         if ctx is not None and not ctx.closed:
             if ctx.fallback_rest:
@@ -730,7 +773,9 @@ class OutboundStream:
         buf = turn.buffer
         if not turn.started:
             depth = buf.depth_frames
-            if depth >= self.min_start_frames or (turn.ended and (depth or buf.partial_bytes)):
+            if depth >= self.min_start_frames or (
+                turn.ended and (depth or buf.partial_bytes)
+            ):
                 self._start(turn, now, depth)
             elif turn.ended and turn.closed:
                 self._finish(turn, now, "completed")  # a turn without audio
@@ -756,7 +801,12 @@ class OutboundStream:
                     )
                 )
                 if self._debug:
-                    log.debug("streaming resumed", call_id=self.call_id, turn_id=turn.turn_id, depth=buf.depth_frames)
+                    log.debug(
+                        "streaming resumed",
+                        call_id=self.call_id,
+                        turn_id=turn.turn_id,
+                        depth=buf.depth_frames,
+                    )
             elif turn.ended and turn.closed:
                 self._finish(turn, now, "completed")
                 return None
@@ -781,7 +831,12 @@ class OutboundStream:
                     )
                 )
                 if self._debug:
-                    log.debug("streaming paused", call_id=self.call_id, turn_id=turn.turn_id, depth=buf.depth_frames)
+                    log.debug(
+                        "streaming paused",
+                        call_id=self.call_id,
+                        turn_id=turn.turn_id,
+                        depth=buf.depth_frames,
+                    )
                 turn.pending_silence += 1
                 return self._silence
             frame = buf.pop()
@@ -807,9 +862,13 @@ class OutboundStream:
 
     def _start(self, turn: _Turn, now: float, depth: int) -> None:
         turn.stream_starts += 1
-        if turn.stream_starts > 1:  # unreachable by construction; visible if it regresses
+        if (
+            turn.stream_starts > 1
+        ):  # unreachable by construction; visible if it regresses
             self.stats.restarts += 1
-            log.error("streaming restarted a turn", call_id=self.call_id, turn_id=turn.turn_id)
+            log.error(
+                "streaming restarted a turn", call_id=self.call_id, turn_id=turn.turn_id
+            )
             return
         turn.started = True
         ref = turn.head_since if turn.head_since is not None else turn.began_at
@@ -865,7 +924,8 @@ class OutboundStream:
                 frames_sent=turn.frames_sent,
                 silence_frames_inserted=turn.silence_inserted,
                 pauses=turn.pauses,
-                duration_ms=(turn.frames_sent + turn.silence_inserted) * self.params.chunk_size_ms,
+                duration_ms=(turn.frames_sent + turn.silence_inserted)
+                * self.params.chunk_size_ms,
                 late_chunks_dropped=turn.late_chunks_dropped,
                 reason=reason,
             )
@@ -878,9 +938,11 @@ class OutboundStream:
 
 
 class _Entry:
-    __slots__ = ("stream", "on_event")
+    __slots__ = ("on_event", "stream")
 
-    def __init__(self, stream: OutboundStream, on_event: Callable[[StreamEvent], None] | None) -> None:
+    def __init__(
+        self, stream: OutboundStream, on_event: Callable[[StreamEvent], None] | None
+    ) -> None:
         self.stream = stream
         self.on_event = on_event
 
@@ -951,12 +1013,19 @@ class StreamingPlaybackManager:
             if inspect.isawaitable(result):
                 if inspect.iscoroutine(result):
                     result.close()
-                raise TypeError(f"send_frame for call {call_id!r} returned an awaitable; it must be synchronous")
+                raise TypeError(
+                    f"send_frame for call {call_id!r} returned an awaitable; it must be synchronous"
+                )
 
         self._pacer.register(call_id, tick)
         self._entries[call_id] = entry
         if self._debug:
-            log.debug("streaming opened", call_id=call_id, wire_format=str(wire_format), frame_bytes=stream.frame_bytes)
+            log.debug(
+                "streaming opened",
+                call_id=call_id,
+                wire_format=str(wire_format),
+                frame_bytes=stream.frame_bytes,
+            )
         return stream
 
     def close(self, call_id: str) -> FlushResult | None:
@@ -967,7 +1036,9 @@ class StreamingPlaybackManager:
         self._pacer.unregister(call_id)
         result = entry.stream.close(self._clock())
         if self._debug:
-            log.debug("streaming closed", call_id=call_id, **entry.stream.stats.as_dict())
+            log.debug(
+                "streaming closed", call_id=call_id, **entry.stream.stats.as_dict()
+            )
         return result
 
     def _log_event(self, event: StreamEvent) -> None:
@@ -999,5 +1070,4 @@ class StreamingPlaybackManager:
                 playback_id=event.playback_id,
                 audio_bytes=len(event.audio),
             )
-        elif self._debug:
-            log.debug(type(event).__name__, **asdict(event))
+        # Paused/Resumed are logged at debug by the stream itself.

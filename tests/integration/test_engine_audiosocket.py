@@ -1,0 +1,105 @@
+"""The whole engine in audiosocket mode on loopback: simulated Asterisk legs, echo provider."""
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+
+from voiceline.app import App
+from voiceline.config import parse_settings
+from voiceline.sim.audiosocket_caller import CallerLeg
+
+
+def _settings(**extra):
+    data = {
+        "mode": "audiosocket",
+        "default_provider": "echo",
+        "audiosocket": {"port": 0},
+        "http": {"enabled": False},
+        "history": {"enabled": False},
+        "providers": {"echo": {"delay_ms": 200}},
+    }
+    data.update(extra)
+    return parse_settings(data, env={})[0]
+
+
+def _tone(seconds: float, freq: float = 600.0, rate: int = 8000) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    return (np.sin(2 * math.pi * freq * t) * 6000).astype("<i2").tobytes()
+
+
+@pytest.fixture
+async def app():
+    application = App(_settings())
+    await application.start()
+    yield application
+    await application.stop()
+
+
+async def _wait_for(predicate, timeout=3.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+async def test_echo_call_returns_caller_audio_and_cleans_up(app):
+    leg = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    tone = _tone(1.0)
+    await leg.play(tone)
+    await leg.send_silence(0.6)
+    received = np.frombuffer(leg.received_audio(), "<i2").astype(float)
+    # every outbound frame is a whole 20 ms slin frame
+    assert {len(f.payload) for f in leg.audio_frames()} == {320}
+    # the tone came back: strong 600 Hz energy in what the caller received
+    spectrum = np.abs(np.fft.rfft(received))
+    freqs = np.fft.rfftfreq(len(received), 1 / 8000)
+    peak = freqs[np.argmax(spectrum)]
+    assert abs(peak - 600) < 5
+    # and it came back about delay_ms (+ min_start buffering) after it was sent
+    energy = np.array([np.sqrt(np.mean(np.square(received[i:i + 160]))) for i in range(0, len(received) - 160, 160)])
+    first_loud_ms = int(np.argmax(energy > 1000)) * 20
+    assert first_loud_ms >= 200
+    call_id = leg.call_uuid
+    assert app.store.get(call_id) is not None
+    await leg.hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)
+    assert len(app.store) == 0 and app.store.channel_index_size == 0
+    assert app.engine.streaming.get(call_id) is None
+    assert app.pacer.stats.streams == 0
+
+
+async def test_duplicate_uuid_refused_other_call_unaffected(app):
+    first = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    await first.connect()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    dup = CallerLeg("127.0.0.1", app.audiosocket.bound_port, call_uuid=first.call_uuid)
+    await dup.connect()
+    assert await dup.wait_closed(2.0)
+    assert [f.kind for f in dup.received] == [0xFF]
+    await first.play(_tone(0.6))
+    await first.send_silence(0.4)
+    assert app.engine.active_calls == 1
+    assert len(first.audio_frames()) > 30
+    await first.hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)
+
+
+async def test_garbage_connection_does_not_disturb_live_call(app):
+    good = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    await good.connect()
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.audiosocket.bound_port)
+    writer.write(bytes(range(7, 200)))
+    await writer.drain()
+    assert await reader.read() == b""  # closed on the malformed frame
+    writer.close()
+    await good.play(_tone(0.4))
+    await good.send_silence(0.4)
+    assert app.engine.active_calls == 1
+    await good.hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)
