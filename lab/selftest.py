@@ -22,8 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
-import lab
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import labkit as lab
 
 FAILURES: list[str] = []
 

@@ -86,6 +86,7 @@ class Call:
         self.connection: AudioSocketConnection | None = None
         self.stream = None
         self._provider_started = asyncio.Event()
+        self.connected = asyncio.Event()
         self._ended = False
         session.wire_format = str(wire_format)
         session.provider_input_format = str(caps.input_format)
@@ -113,6 +114,7 @@ class Call:
     def attach(self, connection: AudioSocketConnection) -> None:
         """The AudioSocket connection for this call arrived: start the outbound stream."""
         self.connection = connection
+        self.connected.set()
         self.stream = self._streaming.open(
             self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event
         )

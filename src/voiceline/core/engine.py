@@ -40,6 +40,8 @@ _SLIN_FORMAT_NAME = {
     44100: "slin44", 48000: "slin48", 96000: "slin96", 192000: "slin192",
 }
 PROVIDER_VARIABLE = "AI_PROVIDER"
+# How long the externalMedia channel may take to enter Stasis and connect to us.
+MEDIA_SETUP_TIMEOUT_S = 5.0
 
 
 class Engine:
@@ -67,6 +69,7 @@ class Engine:
         self._clock = clock
         self._calls: dict[str, Call] = {}
         self._awaiting_media: dict[str, Call] = {}
+        self._media_stasis: dict[str, asyncio.Future[str]] = {}
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._on_call_ended = on_call_ended
@@ -159,10 +162,14 @@ class Engine:
         channel = event.get("channel", {})
         channel_id = channel.get("id", "")
         args = event.get("args") or []
+        if args and args[0] in self._media_stasis:
+            # The externalMedia channel entered the app (its StasisStart carries our UUID).
+            waiter = self._media_stasis[args[0]]
+            if not waiter.done():
+                waiter.set_result(channel_id)
+            return
         if self.store.by_channel(channel_id) is not None:
-            return  # our own media channel entering the app
-        if args and any(call.session.call_id == args[0] for call in self._calls.values()):
-            return  # the externalMedia channel (its StasisStart carries our UUID)
+            return  # a channel of a call we already handle
         assert self.ari is not None
         call_id = str(uuid.uuid4())
         try:
@@ -176,8 +183,9 @@ class Engine:
         try:
             await self._connect_media(call, channel_id)
         except (AriError, asyncio.TimeoutError) as exc:
-            log.error("call_setup_failed", call_id=call_id, channel_id=channel_id, error=str(exc))
-            await self.end_call(call_id, f"setup failed: {exc}")
+            why = str(exc) or f"media channel not ready within {MEDIA_SETUP_TIMEOUT_S:.0f} s"
+            log.error("call_setup_failed", call_id=call_id, channel_id=channel_id, error=why)
+            await self.end_call(call_id, f"setup failed: {why}")
 
     async def _connect_media(self, call: Call, channel_id: str) -> None:
         assert self.ari is not None
@@ -187,19 +195,25 @@ class Engine:
         session.bridge_id = bridge["id"]
         await self.ari.add_channel(session.bridge_id, [channel_id])
         self._awaiting_media[session.call_id] = call
+        in_stasis = asyncio.get_running_loop().create_future()
+        self._media_stasis[session.call_id] = in_stasis
         audiosocket = self.settings.audiosocket
-        media = await self.ari.external_media(
-            app=self.settings.asterisk.app_name,
-            external_host=f"{audiosocket.advertise_host}:{self._bound_port}",
-            data=session.call_id,
-            format=_SLIN_FORMAT_NAME[self._audiosocket_rate],
-        )
-        session.media_channel_id = media["id"]
-        self.store.link_channel(session.call_id, media["id"])
+        try:
+            media = await self.ari.external_media(
+                app=self.settings.asterisk.app_name,
+                external_host=f"{audiosocket.advertise_host}:{self._bound_port}",
+                data=session.call_id,
+                format=_SLIN_FORMAT_NAME[self._audiosocket_rate],
+            )
+            session.media_channel_id = media["id"]
+            self.store.link_channel(session.call_id, media["id"])
+            # The channel can only join the bridge once it is in our Stasis app, and
+            # its StasisStart may come before or after the POST returns.
+            await asyncio.wait_for(in_stasis, MEDIA_SETUP_TIMEOUT_S)
+            await asyncio.wait_for(call.connected.wait(), MEDIA_SETUP_TIMEOUT_S)
+        finally:
+            self._media_stasis.pop(session.call_id, None)
         await self.ari.add_channel(session.bridge_id, [media["id"]])
-        if session.state is CallState.SETTING_UP and call.connection is None:
-            # Asterisk connects during the POST; no connection by now means it failed.
-            raise AriError(0, "POST", "/channels/externalMedia", "AudioSocket connection did not arrive")
 
     _bound_port: int = 0
 

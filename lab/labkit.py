@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LAB_DIR = REPO_ROOT / "lab"
 LAB_CACHE = Path(os.environ.get("LAB_CACHE", LAB_DIR / ".cache"))
 LAB_ROOT = Path(os.environ.get("LAB_ROOT", LAB_CACHE / "root"))
