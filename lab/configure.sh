@@ -293,6 +293,13 @@ exten => stasis,1,NoOp(voiceline: \${CHANNEL} -> Stasis(voiceline))
  same => n,Stasis(voiceline)
  same => n,Hangup()
 
+; The same, choosing the agent per call: dialling ai-<provider> sets the channel
+; variable AI_PROVIDER that the engine reads (e.g. ai-deepgram, ai-local). In a
+; pattern "-" is ignored, so the pattern is _ai. and the prefix is cut by offset.
+exten => _ai.,1,Set(AI_PROVIDER=\${EXTEN:3})
+ same => n,Stasis(voiceline)
+ same => n,Hangup()
+
 ; Stream the call to an AudioSocket server on 127.0.0.1:\${AUDIOSOCKET_PORT}.
 exten => audiosocket,1,Answer()
  same => n,Set(AUDIOSOCKET_UUID=$UUID_EXPR)

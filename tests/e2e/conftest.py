@@ -141,3 +141,45 @@ def asterisk_bridges(lab) -> list[str]:
     out = lab.cli("bridge show all")
     return [line for line in out.splitlines() if line and not line.startswith(("Bridge-ID", "Bridge Id"))
             and "bridges" not in line.lower()]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def deepgram_sim(tmp_path):
+    """Start the Deepgram protocol simulator in a subprocess: deepgram_sim(*args) -> ws URL."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        port = free_port()
+        log = open(tmp_path / f"deepgram-sim-{port}.log", "w")
+        proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "voiceline.sim.deepgram_sim", "--port", str(port), *args],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        import socket
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"deepgram simulator exited: {(tmp_path / f'deepgram-sim-{port}.log').read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return f"ws://127.0.0.1:{port}/v1/agent/converse"
+            time.sleep(0.1)
+        raise AssertionError("deepgram simulator did not start listening")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
