@@ -90,6 +90,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from voiceline.app import build_providers
+    from voiceline.doctor import doctor
+    from voiceline.telemetry.logging import configure_logging
+
+    configure_logging("WARNING", "console", {})
+    overrides = {"mode": args.mode} if args.mode else {}
+    settings = load_or_exit(_config_path(args.config), overrides)
+    report, healthy = doctor(settings, build_providers(settings))
+    print(report)
+    print("all required checks passed" if healthy else "some required checks failed")
+    return 0 if healthy else 1
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    if args.which == "deepgram":
+        from voiceline.sim.deepgram_sim import main as sim_main
+    else:
+        from voiceline.sim.openai_sim import main as sim_main
+    return int(sim_main(args.sim_args) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voiceline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print it with secrets masked")
     check.add_argument("path", nargs="?", help=f"config file (default {DEFAULT_CONFIG})")
     check.set_defaults(func=cmd_check_config)
+
+    doc = sub.add_parser("doctor", help="check ARI, ports, provider keys, local models and binaries")
+    doc.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
+    doc.add_argument("--mode", choices=["ari", "audiosocket"], help="check for this call-control mode")
+    doc.set_defaults(func=cmd_doctor)
+
+    sim = sub.add_parser("sim", help="run a provider protocol simulator (for tests and demos)")
+    sim.add_argument("which", choices=["deepgram", "openai"])
+    sim.add_argument("sim_args", nargs=argparse.REMAINDER, help="simulator options (see --help)")
+    sim.set_defaults(func=cmd_sim)
     return parser
 
 

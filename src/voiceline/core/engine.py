@@ -227,6 +227,10 @@ class Engine:
         call = self._calls.get(call_id)
         if call is None or self.ari is None or not call.session.caller_channel_id:
             return
+        if not request.audio:
+            # The turn stalled before anything of it was left to play: nothing to hand over.
+            log.info("fallback_nothing_to_play", call_id=call_id, playback_id=request.playback_id)
+            return
         streaming = self.settings.streaming
         name = request.playback_id
         path = Path(streaming.fallback_media_dir) / f"{name}.sln{_rate_suffix(call.wire_format.sample_rate)}"
