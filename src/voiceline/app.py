@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from collections.abc import Callable
 
@@ -24,7 +25,10 @@ from voiceline.providers.deepgram import DeepgramConfig, DeepgramProvider
 from voiceline.providers.echo import EchoProvider
 from voiceline.providers.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeProvider
 from voiceline.providers.registry import ProviderRegistry
+from voiceline.telemetry.history import CallHistory
+from voiceline.telemetry.http import TelemetryServer
 from voiceline.telemetry.metrics import Metrics
+from voiceline.telemetry.tuning import CallStreamingNumbers, format_hints, tuning_hints
 
 log = structlog.get_logger("voiceline.app")
 
@@ -71,6 +75,9 @@ class App:
         self.pacer: Pacer | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.history: CallHistory | None = None
+        self.http: TelemetryServer | None = None
+        self._started_at = 0.0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -100,6 +107,13 @@ class App:
         await self.audiosocket.start()
         self.engine.set_audiosocket_port(self.audiosocket.bound_port)
         self.pacer.start()
+        self._started_at = clock()
+        if settings.history.enabled:
+            self.history = CallHistory(settings.history.url.get_secret_value())
+            await self.history.start()
+        if settings.http.enabled:
+            self.http = TelemetryServer(settings.http, metrics=self.metrics, health=self.health, ready=self.readiness)
+            await self.http.start()
         if self.ari is not None:
             await self.ari.open()
             self._events_task = asyncio.create_task(self.ari.run_events(self.engine.on_ari_event), name="ari-events")
@@ -107,12 +121,82 @@ class App:
                  audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
 
     def _on_call_ended(self, call: Call) -> None:
-        self.metrics.call_gauges_close(call.session.call_id)
-        log.info("call_summary", **call_summary(call))
+        session = call.session
+        self.metrics.call_gauges_close(session.call_id)
+        stats = call.stream.stats.as_dict() if call.stream is not None else {}
+        self.metrics.restarts_total.inc(int(stats.get("restarts", 0)))
+        numbers = CallStreamingNumbers.from_stats(
+            stats, pause_durations_ms=call.pause_durations_ms, barge_ins=session.conversation.barge_ins
+        )
+        hint = format_hints(tuning_hints(numbers, self.settings.streaming))
+        summary = call_summary(call)
+        summary["tuning_hint"] = hint
+        log.info("call_summary", **summary)
+        if self.history is not None:
+            self.history.record({
+                **summary,
+                "started_at": session.started_at,
+                "ended_at": session.ended_at,
+                "caller_id": session.caller_id,
+                "metrics": {"streaming": stats, "call": summary},
+                "transcript": list(session.transcript),
+                "timeline": call.timeline.events,
+            })
+
+    # ------------------------------------------------------------------ health
+
+    def readiness(self) -> tuple[bool, dict]:
+        default = self.providers.get(self.providers.default)
+        provider_ok, provider_why = default.availability() if default is not None else (False, "not configured")
+        checks = {
+            "audiosocket_listening": self.audiosocket is not None and self.audiosocket.bound_port > 0,
+            "pacer_running": self.pacer is not None and self.pacer.running,
+            "default_provider": {"name": self.providers.default, "usable": provider_ok, "detail": provider_why},
+        }
+        if self.ari is not None:
+            checks["ari_connected"] = self.ari.connected
+        ready = all(v if isinstance(v, bool) else v["usable"] for v in checks.values())
+        return ready, checks
+
+    def health(self) -> dict:
+        calls = []
+        for call in self.engine.calls() if self.engine is not None else []:
+            s = call.session
+            calls.append({
+                "call_id": s.call_id,
+                "provider": s.provider_name,
+                "state": s.state.value,
+                "codec": s.codec_info(),
+                "streaming": {
+                    "state": call.stream.state.value if call.stream is not None else None,
+                    "depth_frames": call.stream.depth_frames if call.stream is not None else 0,
+                    **(call.stream.stats.as_dict() if call.stream is not None else {}),
+                },
+                "conversation": {
+                    "audio_capture_enabled": s.audio_capture_enabled,
+                    "tts_playing": s.tts_playing,
+                    "gating_transitions": s.conversation.gating_transitions,
+                    "barge_ins": s.conversation.barge_ins,
+                    "barge_in_attempts": s.conversation.barge_in_attempts,
+                },
+            })
+        return {
+            "mode": self.settings.mode,
+            "config_hash": self.settings.digest(),
+            "ari": {"connected": self.ari.connected} if self.ari is not None else None,
+            "active_calls": len(calls),
+            "calls": calls,
+            "pacer": dataclasses.asdict(self.pacer.stats) if self.pacer is not None else None,
+            "history": self.history.status() if self.history is not None else None,
+        }
 
     async def stop(self) -> None:
         if self.engine is not None:
             await self.engine.shutdown()
+        if self.http is not None:
+            await self.http.stop()
+        if self.history is not None:
+            await self.history.stop(5.0)
         await cancel_and_wait(self._events_task)
         if self.ari is not None:
             await self.ari.close()

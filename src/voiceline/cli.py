@@ -112,6 +112,50 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return int(sim_main(args.sim_args) or 0)
 
 
+def _history_store(args: argparse.Namespace):
+    from voiceline.telemetry.history import HistoryStore
+
+    settings = load_or_exit(_config_path(args.config))
+    return HistoryStore(settings.history.url.get_secret_value())
+
+
+def cmd_calls(args: argparse.Namespace) -> int:
+    from voiceline.telemetry.history import format_call, format_call_list
+
+    store = _history_store(args)
+    try:
+        if args.action == "list":
+            print(format_call_list(store.list_calls(args.limit, args.offset)))
+            return 0
+        row = store.get_call(args.call_id)
+        if row is None:
+            print(f"no call {args.call_id!r} in the history", file=sys.stderr)
+            return 1
+        print(format_call(row))
+        return 0
+    finally:
+        store.close()
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from voiceline.telemetry.report import render_report
+
+    store = _history_store(args)
+    try:
+        row = store.get_call(args.call_id)
+    finally:
+        store.close()
+    if row is None:
+        print(f"no call {args.call_id!r} in the history", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png, html = out / f"{args.call_id}.png", out / f"{args.call_id}.html"
+    render_report(row, png, html, width=args.width, height=args.height)
+    print(f"{png}\n{html}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voiceline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
     doc.add_argument("--mode", choices=["ari", "audiosocket"], help="check for this call-control mode")
     doc.set_defaults(func=cmd_doctor)
+
+    calls = sub.add_parser("calls", help="call history: list, or show one call")
+    calls_sub = calls.add_subparsers(dest="action", required=True)
+    listing = calls_sub.add_parser("list", help="recent calls, newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--offset", type=int, default=0)
+    show = calls_sub.add_parser("show", help="one call's full record")
+    show.add_argument("call_id")
+    for p in (listing, show):
+        p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
+        p.set_defaults(func=cmd_calls)
+
+    report = sub.add_parser("report", help="render a call's timeline as PNG and HTML")
+    report.add_argument("call_id")
+    report.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG})")
+    report.add_argument("--out", default="reports", help="output directory (default ./reports)")
+    report.add_argument("--width", type=int, default=1200)
+    report.add_argument("--height", type=int, default=700)
+    report.set_defaults(func=cmd_report)
 
     sim = sub.add_parser("sim", help="run a provider protocol simulator (for tests and demos)")
     sim.add_argument("which", choices=["deepgram", "openai"])

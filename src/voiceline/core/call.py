@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from voiceline.asterisk.audiosocket import AudioSocketConnection, Frame, slin_kind_for_rate
@@ -24,11 +25,15 @@ from voiceline.core.models import CallSession
 from voiceline.core.streaming_playback_manager import (
     FallbackRequested,
     StreamingEnded,
+    StreamingPaused,
     StreamingPlaybackManager,
+    StreamingResumed,
     StreamingStarted,
 )
 from voiceline.core.tasks import cancel_and_wait, spawn
 from voiceline.providers import base as pb
+from voiceline.telemetry.metrics import Metrics
+from voiceline.telemetry.report import TimelineRecorder
 
 log = structlog.get_logger("voiceline.call")
 
@@ -36,6 +41,16 @@ log = structlog.get_logger("voiceline.call")
 # cannot take audio for a second is stalled, and old caller audio is worth less
 # than new, so the oldest frame is dropped (and counted).
 INBOUND_QUEUE_FRAMES = 50
+# Buffer depth is sampled for gauges, histograms and the timeline at this interval,
+# not per frame, to keep the 20 ms path cheap.
+DEPTH_SAMPLE_INTERVAL_S = 0.2
+ENERGY_SAMPLE_INTERVAL_S = 0.1
+
+
+def frame_rms(pcm: bytes) -> float:
+    """RMS of 16-bit little-endian samples (0.0 for an empty frame)."""
+    samples = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2").astype(np.float32)
+    return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
 
 
 @dataclass(slots=True)
@@ -66,6 +81,7 @@ class Call:
         end_call: EndCall,
         play_fallback: FallbackPlayer | None,
         clock: Callable[[], float],
+        metrics: Metrics,
     ) -> None:
         self.session = session
         self.provider = provider
@@ -76,6 +92,11 @@ class Call:
         self._end_call = end_call
         self._play_fallback = play_fallback
         self._clock = clock
+        self._metrics = metrics
+        self.timeline = TimelineRecorder(start_s=clock())
+        self.pause_durations_ms: list[float] = []
+        self._next_depth_sample = 0.0
+        self._next_energy_sample = 0.0
         caps = provider.capabilities
         self._to_provider = Transcoder(wire_format, caps.input_format)
         self._from_provider = Transcoder(caps.output_format, wire_format)
@@ -123,6 +144,17 @@ class Call:
         connection = self.connection
         if connection is not None and not connection.closed:
             connection.send_audio(frame, self._wire_kind)
+        now = self._clock()
+        if now >= self._next_depth_sample and self.stream is not None:
+            self._next_depth_sample = now + DEPTH_SAMPLE_INTERVAL_S
+            self._sample_depth(now)
+
+    def _sample_depth(self, now: float) -> None:
+        depth = self.stream.depth_frames
+        self._metrics.jitter_depth.labels(self.session.call_id).set(depth)
+        if self.session.tts_playing:
+            self._metrics.buffer_depth.observe(depth)
+            self.timeline.depth_sample(depth, now_s=now)
 
     async def close(self) -> None:
         """Stop everything this call owns. Idempotent."""
@@ -146,6 +178,10 @@ class Call:
 
     def on_audio(self, frame: Frame) -> None:
         self.counters.frames_in += 1
+        now = self._clock()
+        if now >= self._next_energy_sample:
+            self._next_energy_sample = now + ENERGY_SAMPLE_INTERVAL_S
+            self.timeline.energy_sample(frame_rms(frame.payload), now_s=now)
         if not (self._full_duplex or self.session.audio_capture_enabled):
             self.counters.frames_gated += 1
             return
@@ -191,9 +227,13 @@ class Call:
                     self.counters.agent_bytes += len(data)
                     if self.stream is not None:
                         self.stream.push(self._from_provider.convert(data), self._clock())
-                case pb.AgentStartedSpeaking():
+                case pb.AgentStartedSpeaking(total_latency_ms=latency_ms):
+                    if latency_ms is not None:
+                        self._metrics.turn_latency.observe(latency_ms / 1000)
                     if self.stream is not None:
-                        self.stream.begin_turn(self._clock())
+                        now = self._clock()
+                        turn_id = self.stream.begin_turn(now)
+                        self.timeline.add("turn_start", turn_id, now_s=now)
                 case pb.AgentAudioDone():
                     if self.stream is not None:
                         self.stream.end_turn(self._clock())
@@ -205,6 +245,7 @@ class Call:
                         log.info("transcript", call_id=call_id, role=role, text=text)
                 case pb.ProviderError(message=message, code=code, fatal=fatal):
                     self.counters.provider_errors += 1
+                    self._metrics.provider_error(self.session.provider_name)
                     log.warning("provider_error", call_id=call_id, message=message, code=code, fatal=fatal)
                 case pb.ProviderWarning(message=message, code=code):
                     log.warning("provider_warning", call_id=call_id, message=message, code=code)
@@ -229,11 +270,28 @@ class Call:
 
     def _on_stream_event(self, event: object) -> None:
         call_id = self.session.call_id
+        now = self._clock()
+        metrics = self._metrics
         if isinstance(event, StreamingStarted):
+            metrics.turns_total.inc()
+            metrics.first_frame_latency.observe(event.first_frame_latency_ms / 1000)
+            self.timeline.add("agent_on", event.turn_id, now_s=now)
             self._coordinator.on_tts_start(call_id, self._turn_playback_id(event.turn_id))
         elif isinstance(event, StreamingEnded):
+            metrics.pauses_total.inc(event.pauses)
+            metrics.late_chunks_total.inc(event.late_chunks_dropped)
+            if event.reason == "fallback":
+                metrics.fallback()
+            self.timeline.add("agent_off", event.turn_id, now_s=now)
+            self.timeline.add("turn_end", event.reason, now_s=now)
             self._coordinator.on_tts_end(call_id, self._turn_playback_id(event.turn_id), event.reason)
+        elif isinstance(event, StreamingPaused):
+            self.timeline.add("pause", event.depth, now_s=now)
+        elif isinstance(event, StreamingResumed):
+            self.pause_durations_ms.append(event.paused_ms)
+            self.timeline.add("resume", round(event.paused_ms), now_s=now)
         elif isinstance(event, FallbackRequested):
+            self.timeline.add("fallback", event.turn_id, now_s=now)
             if self._play_fallback is None:
                 log.warning("fallback_unavailable", call_id=call_id, reason="no ARI in this call-control mode")
                 return

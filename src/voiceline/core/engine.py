@@ -112,10 +112,11 @@ class Engine:
             streaming=self.streaming, coordinator=self.coordinator,
             end_call=self.end_call,
             play_fallback=self._play_fallback if self.ari is not None else None,
-            clock=self._clock,
+            clock=self._clock, metrics=self.metrics,
         )
         self._calls[call_id] = call
         self.metrics.call_started(choice.provider.name)
+        self.metrics.call_gauges_open(call_id)
         log.info("call_started", call_id=call_id, mode=self.mode, provider=choice.provider.name,
                  caller_id=caller_id, channel_id=caller_channel_id)
         call.start_provider()
@@ -240,7 +241,6 @@ class Engine:
         ref = PlaybackRef(request.playback_id, call_id, channel_id, "fallback", self._clock())
         call.session.current_playback = ref
         self.coordinator.on_tts_start(call_id, ref.playback_id)
-        self.metrics.fallback()
         try:
             await self.ari.play(channel_id, media, playback_id=ref.playback_id)
             log.info("fallback_playback_started", call_id=call_id, playback_id=ref.playback_id,

@@ -52,6 +52,9 @@ class Metrics:
             "ai_agent_streaming_buffer_depth_frames", "Jitter buffer depth sampled each tick of a playing turn",
             buckets=_DEPTH_BUCKETS, registry=r,
         )
+        self.barge_in_events_total = Counter(
+            "ai_agent_barge_in_events_total", "Agent turns cut short because the caller spoke", registry=r
+        )
         # per-call gauges (removed at call end)
         self.capture_enabled = Gauge(
             "ai_agent_audio_capture_enabled", "1 when caller audio goes to the provider", ["call_id"], registry=r
@@ -84,6 +87,9 @@ class Metrics:
 
     def fallback(self) -> None:
         self.fallbacks_total.inc()
+
+    def barge_in(self) -> None:
+        self.barge_in_events_total.inc()
 
     # ---- per-call gauges
     def gating_changed(self, call_id: str, capture_enabled: bool) -> None:
