@@ -127,6 +127,21 @@ def machine_cpu() -> tuple[int, int]:
     return total - idle, total
 
 
+def git_info() -> dict[str, Any]:
+    """Which engine was measured: HEAD and the files changed in the work tree."""
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "src", "config").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_engine_changes": changed}
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -418,7 +433,8 @@ def analyze_leg(leg: BenchLeg, ref: Reference, t_start: float) -> dict[str, Any]
     }
     empty = np.zeros(0, dtype=np.float32)
     if n < 2:
-        return res | {k: empty for k in ("_err_all", "_err_agent", "_err_all_read", "_err_agent_read", "_late_at", "_gap_at")}
+        keys = ("_err_all", "_err_agent", "_err_all_read", "_err_agent_read", "_t_all", "_t_agent", "_late_at", "_gap_at")
+        return res | {k: empty for k in keys}
     t = np.frombuffer(leg.times, dtype=np.float64)
     tr = np.frombuffer(leg.read_times, dtype=np.float64)
     audio = bytes(leg.audio)
@@ -426,7 +442,7 @@ def analyze_leg(leg: BenchLeg, ref: Reference, t_start: float) -> dict[str, Any]
     err_all = np.abs(np.diff(t) - FRAME_S) * 1000.0
     err_all_read = np.abs(np.diff(tr) - FRAME_S) * 1000.0
     res["missing"] = max(0, round(float(t[-1] - t[0]) / FRAME_S) + 1 - n)
-    err_agent = err_agent_read = empty
+    err_agent = err_agent_read = t_agent = empty
     if voiced.any():
         first = int(np.argmax(voiced))
         res["first_agent_at"] = float(t[first])
@@ -462,12 +478,15 @@ def analyze_leg(leg: BenchLeg, ref: Reference, t_start: float) -> dict[str, Any]
         if end - first >= 2:
             err_agent = np.abs(np.diff(t[first:end]) - FRAME_S) * 1000.0
             err_agent_read = np.abs(np.diff(tr[first:end]) - FRAME_S) * 1000.0
+            t_agent = t[first + 1 : end] - t_start  # each interval ends with this frame
     late_at = (t[1:][err_all > 5.0] - t_start).astype(np.float32)  # when the > 5 ms errors happened
     return res | {
         "_err_all": err_all.astype(np.float32),
         "_err_agent": err_agent.astype(np.float32),
         "_err_all_read": err_all_read.astype(np.float32),
         "_err_agent_read": err_agent_read.astype(np.float32),
+        "_t_all": (t[1:] - t_start).astype(np.float32),
+        "_t_agent": np.asarray(t_agent, dtype=np.float32),
         "_late_at": late_at,
         "_gap_at": res.pop("_gap_at", empty),
     }
@@ -656,6 +675,8 @@ def start_engine(
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if cpus:
         os.sched_setaffinity(proc.pid, cpus)
+    if args.engine_nice:
+        os.setpriority(os.PRIO_PROCESS, proc.pid, args.engine_nice)
 
     def port_of(line: str) -> int | None:
         ev = _json_event(line)
@@ -822,10 +843,16 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
 
     engine_stats = parse_engine_log(engine_log)
     calls = sorted((c for r in results for c in r["calls"]), key=lambda c: c["index"])
-    err_all = np.concatenate([c.pop("_err_all") for c in calls]) if calls else np.zeros(0)
-    err_agent = np.concatenate([c.pop("_err_agent") for c in calls]) if calls else np.zeros(0)
-    err_all_read = np.concatenate([c.pop("_err_all_read") for c in calls]) if calls else np.zeros(0)
-    err_agent_read = np.concatenate([c.pop("_err_agent_read") for c in calls]) if calls else np.zeros(0)
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([c.pop(key) for c in calls]) if calls else np.zeros(0)
+
+    err_all, err_agent, err_all_read, err_agent_read = (
+        cat(k) for k in ("_err_all", "_err_agent", "_err_all_read", "_err_agent_read")
+    )
+    t_all, t_agent = cat("_t_all"), cat("_t_agent")
+    # steady state: all legs connected and settled, until hang-up (the CPU window)
+    steady_agent = (t_agent >= win_a_t - t_start) & (t_agent <= t_end - t_start)
+    steady_all = (t_all >= win_a_t - t_start) & (t_all <= t_end - t_start)
     lag = np.concatenate([r["lag_ms"] for r in results])
     late_at = np.concatenate([c.pop("_late_at") for c in calls]) if calls else np.zeros(0)
     gap_at = np.concatenate([c.pop("_gap_at") for c in calls]) if calls else np.zeros(0)
@@ -875,10 +902,14 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
         "calls": n,
         "workers": len(procs),
         "window_s": round(win_b.t - win_a.t, 2),
-        "timing_agent": _pct(err_agent),
-        "timing_all": _pct(err_all),
-        "timing_agent_read": _pct(err_agent_read),
-        "timing_all_read": _pct(err_all_read),
+        "timing_agent": _pct(err_agent[steady_agent]),
+        "timing_all": _pct(err_all[steady_all]),
+        "timing_agent_read": _pct(err_agent_read[steady_agent]),
+        "timing_all_read": _pct(err_all_read[steady_all]),
+        "timing_agent_whole": _pct(err_agent),
+        "timing_agent_read_whole": _pct(err_agent_read),
+        "timing_all_whole": _pct(err_all),
+        "steady_window_s": [round(win_a_t - t_start, 2), round(t_end - t_start, 2)],
         "frames": {
             "received": int(sum(c["frames_received"] for c in calls)),
             "received_min_per_call": int(min((c["frames_received"] for c in calls), default=0)),
@@ -1011,27 +1042,44 @@ def print_table(report: dict[str, Any]) -> None:
         f"long_answer_s={cfg['long_answer_s']} nproc={report['machine']['nproc']} "
         f"python={report['machine']['python']}"
     )
+    print(
+        "\nframe timing |inter-arrival - 20 ms| in ms, agent audio, steady window"
+        " (send = kernel receive stamp; read = when the client read it)"
+    )
     head = (
-        f"{'N':>4} {'err p50':>7} {'p99':>6} {'max':>6} {'p99rd':>6} {'gaps c/e':>9} {'pause':>5} "
-        f"{'restart':>7} {'fallbk':>6} {'engCPU%':>7} {'CPU/call':>8} {'RSS MB':>7} {'KB/call':>7} "
-        f"{'sim%':>5} {'cli%':>9} {'lag p99':>7} {'other%':>6} {'speed':>5}  checks"
+        f"{'N':>4} | {'send p50':>8} {'p99':>6} {'p99.9':>6} {'max':>6} | {'p99 w/ramp':>10} | "
+        f"{'read p99':>8} {'client lag p99':>14} | {'gaps c/e':>9} {'missing':>7} {'pauses':>6} "
+        f"{'restarts':>8} {'fallbacks':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in rows:
-        ta, tl = r["timing_agent"], r["timing_agent_read"]
+        ta, tr, tw = r["timing_agent"], r["timing_agent_read"], r["timing_agent_whole"]
+        st, fr = r["streaming"], r["frames"]
+        print(
+            f"{r['calls']:>4} | {_fmt(ta['p50_ms'], '.2f'):>8} {_fmt(ta['p99_ms'], '.2f'):>6} "
+            f"{_fmt(ta['p99.9_ms'], '.2f'):>6} {_fmt(ta['max_ms'], '.1f'):>6} | {_fmt(tw['p99_ms'], '.2f'):>10} | "
+            f"{_fmt(tr['p99_ms'], '.2f'):>8} {_fmt(r['client']['loop_lag']['p99_ms'], '.2f'):>14} | "
+            f"{str(fr['gaps_client']) + '/' + str(fr['gaps_engine']):>9} {fr['missing']:>7} {st['pauses']:>6} "
+            f"{st['restarts']:>8} {st['fallbacks']:>9}"
+        )
+    print("\nresources during the steady window (CPU in % of one core)")
+    head = (
+        f"{'N':>4} | {'engine CPU':>10} {'idle':>5} {'per call':>8} | {'RSS MB':>7} {'idle':>6} {'KB/call':>7} | "
+        f"{'sim':>4} {'clients':>9} {'other':>6} | {'provider x':>10} {'greet p50 s':>11} | checks"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
         e, ch = r["engine"], r["checks"]
         fails = [k for k, c in ch.items() if c["pass"] is False]
         cli = "+".join(_fmt(v, ".0f") for v in r["client"]["cpu_pct"])
         print(
-            f"{r['calls']:>4} {_fmt(ta['p50_ms'], '.2f'):>7} {_fmt(ta['p99_ms'], '.2f'):>6} "
-            f"{_fmt(ta['max_ms'], '.1f'):>6} {_fmt(tl['p99_ms'], '.2f'):>6} "
-            f"{str(r['frames']['gaps_client']) + '/' + str(r['frames']['gaps_engine']):>9} "
-            f"{r['streaming']['pauses']:>5} {r['streaming']['restarts']:>7} {r['streaming']['fallbacks']:>6} "
-            f"{_fmt(e['cpu_pct'], '.1f'):>7} {_fmt(e['cpu_per_call_pct'], '.3f'):>8} {_fmt(e['rss_mb'], '.1f'):>7} "
-            f"{_fmt(e['rss_per_call_kb'], '.0f'):>7} {_fmt(r['sim']['cpu_pct'], '.0f'):>5} {cli:>9} "
-            f"{_fmt(r['client']['loop_lag']['p99_ms'], '.2f'):>7} {_fmt(r['machine']['foreign_core_pct'], '.0f'):>6} "
-            f"{_fmt(r['provider']['speed_x_mean'], '.2f'):>5}  "
+            f"{r['calls']:>4} | {_fmt(e['cpu_pct'], '.1f'):>10} {_fmt(e['cpu_idle_pct'], '.1f'):>5} "
+            f"{_fmt(e['cpu_per_call_pct'], '.3f'):>8} | {_fmt(e['rss_mb'], '.1f'):>7} {_fmt(e['rss_idle_mb'], '.1f'):>6} "
+            f"{_fmt(e['rss_per_call_kb'], '.0f'):>7} | {_fmt(r['sim']['cpu_pct'], '.0f'):>4} {cli:>9} "
+            f"{_fmt(r['machine']['foreign_core_pct'], '.0f'):>6} | {_fmt(r['provider']['speed_x_mean'], '.2f'):>10} "
+            f"{_fmt(r['provider']['greeting_latency_s_p50'], '.2f'):>11} | "
             + ("PASS" if not fails else "FAIL: " + ",".join(fails))
         )
     print("\ntargets per row:")
@@ -1065,6 +1113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="client processes (0: 1 up to 100 calls, else 2)")
     p.add_argument("--caller-noise", type=float, default=0.0, help="caller noise std-dev (0: digital silence)")
     p.add_argument("--pin", action="store_true", help="engine on the first CPU, sim and clients on the others")
+    p.add_argument("--engine-nice", type=int, default=0, help="nice value for the engine (negative needs root)")
     p.add_argument("--config", default=str(REPO / "config" / "ai-agent.yaml"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "pacing.json"))
     p.add_argument("--keep-logs", default=None, metavar="DIR", help="keep engine/sim logs under DIR")
@@ -1109,11 +1158,13 @@ def main(argv: list[str] | None = None) -> int:
             "long_answer_s": args.long_answer_s, "greeting": args.greeting, "seed": args.seed,
             "stagger_s": args.stagger_s, "settle_s": args.settle_s, "idle_s": args.idle_s,
             "workers": args.workers or "auto", "caller_noise": args.caller_noise, "pin": args.pin,
+            "engine_nice": args.engine_nice,
             "streaming": cfg.get("streaming", {}),
             "provider_output": args.engine_output,
             "reference_frames": len(reference) // FRAME_BYTES,
         },
         "machine": machine_info(),
+        "git": git_info(),
         "targets": {
             "p99_interval_error_ms": TARGET_P99_MS, "restarts": 0, "pauses": 0, "fallbacks": 0,
             "engine_cpu_pct_below": TARGET_CPU_PCT, "flat_per_call_ratio": TARGET_FLAT_RATIO,

@@ -56,7 +56,7 @@ def test_report_structure(report):
     for check in row["checks"].values():
         assert {"value", "target", "pass"} <= set(check)
     # the table went to stdout
-    assert "err p50" in stdout and "overall:" in stdout
+    assert "send p50" in stdout and "overall:" in stdout
 
 
 def test_every_call_received_frames_and_agent_audio(report):

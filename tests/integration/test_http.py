@@ -190,6 +190,7 @@ async def test_dashboard_only_uses_exposed_metric_names(serve):
     metrics.provider_error("echo")
     metrics.provider_fallback("nope")
     metrics.audiosocket_refused("peer")
+    metrics.barge_in("call-1", "local", 0.1)
     metrics.call_gauges_open("call-1")
     base, _ = await serve(metrics=metrics)
     exposed = {s.name for f in text_string_to_metric_families((await fetch(f"{base}/metrics"))[2])

@@ -44,7 +44,9 @@ def silence(params: BargeInParams) -> bytes:
 def loud_speech_frames(params: BargeInParams, count: int) -> list[bytes]:
     """``count`` frames of loud voiced speech: the caller phrase's frames at RMS >= 2000,
     in order, repeated as needed (continuous talking without pauses)."""
-    frames = [f for f in frames_of(synthesize(CALLER_TEXT, params.sample_rate), params.frame_bytes) if rms_of(f) >= 2000]
+    frames = [
+        f for f in frames_of(synthesize(CALLER_TEXT, params.sample_rate), params.frame_bytes) if rms_of(f) >= 2000
+    ]
     assert len(frames) >= 10
     return list(itertools.islice(itertools.cycle(frames), count))
 

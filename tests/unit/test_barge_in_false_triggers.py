@@ -12,7 +12,9 @@ inbound frame), which is where its noise floor comes from.
 Each case has a positive control: the same line plus a caller interrupting at a
 normal level (active speech RMS 2000, i.e. RMS over the frames within 40 dB of the
 loudest) that must still be CONFIRMED within min_ms + 100 ms of the caller's onset
-(the first frame where the clean caller signal reaches energy_threshold).
+(the first frame where the clean caller signal reaches energy_threshold). The table
+also shows when the agent went quiet: onset -> SOFT_PAUSE, which is what the caller
+hears as the agent yielding.
 
 ``pytest -s`` prints the measured table.
 
@@ -24,6 +26,7 @@ never a confirmation (``test_echo_beyond_the_design_limit_never_confirms``).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -31,7 +34,12 @@ import numpy as np
 import pytest
 
 from voiceline.audio import g711
-from voiceline.core.barge_in import BargeInDetector, BargeInParams, BargeInStats, Decision
+from voiceline.core.barge_in import (
+    BargeInDetector,
+    BargeInParams,
+    BargeInStats,
+    Decision,
+)
 from voiceline.sim.speech import synthesize
 
 RATE = 8000
@@ -45,10 +53,11 @@ AGENT_TEXT = (
     "orders, delivery questions and billing. Please tell me in a few words what you are calling about today."
 )
 CALLER_LEVEL = 2000.0
-# (text, voice, onset into playback in seconds): two voices, two places in the agent's sentence
+# (text, voice, onset into playback in seconds): three voices, three places in the agent's sentence
 CALLERS = (
     ("Wait, stop, that is not what I asked for.", "en-us+f3", 1.5),
     ("No no, I want to cancel my order.", "en-us+m3", 4.2),
+    ("Hold on a second please.", "en-us", 6.1),
 )
 
 D = Decision
@@ -67,9 +76,13 @@ class LineCase:
     clicks_s: tuple[float, ...] = ()  # 5 ms full-scale impulse at these times into playback
     knocks_s: tuple[float, ...] = ()  # 40 ms door knock at these times into playback
     impulsive: bool = False  # allowed one SOFT_PAUSE + RESUME per impulse, never a confirm
+    # False where the line is too noisy for a caller at CALLER_LEVEL to be told apart
+    positive_control: bool = True
 
 
-ECHO_CASES = [LineCase(f"echo {db} dB @{ms} ms", echo_db=db, echo_delay_ms=ms) for db in (-15, -10) for ms in (30, 45, 60)]
+ECHO_CASES = [
+    LineCase(f"echo {db} dB @{ms} ms", echo_db=db, echo_delay_ms=ms) for db in (-15, -10) for ms in (30, 45, 60)
+]
 NOISE_CASES = [
     LineCase("white 300", noise="white", noise_rms=300),
     LineCase("white 800", noise="white", noise_rms=800),
@@ -79,6 +92,11 @@ NOISE_CASES = [
     LineCase("white 800 + echo -15", noise="white", noise_rms=800, echo_db=-15),
     LineCase("pink 800 + echo -15", noise="pink", noise_rms=800, echo_db=-15),
     LineCase("pink 800 + echo -10 @60", noise="pink", noise_rms=800, echo_db=-10, echo_delay_ms=60),
+    # Above energy_threshold: only the noise floor holds these back (without it RMS
+    # 1000 white noise confirmed). A caller at RMS 2000 is < 3 dB above this noise, so
+    # no positive control.
+    LineCase("white 1500 (noisy line)", noise="white", noise_rms=1500, positive_control=False),
+    LineCase("pink 1500 + echo -15 (noisy line)", noise="pink", noise_rms=1500, echo_db=-15, positive_control=False),
 ]
 IMPULSE_CASES = [
     LineCase("click in agent speech", clicks_s=(1.0,), impulsive=True),
@@ -133,7 +151,8 @@ def _knock(rng: np.random.Generator) -> np.ndarray:
 
 def background(case: LineCase, n: int) -> np.ndarray:
     """Everything on the line except echo and caller speech, with the lead-in first."""
-    rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
+    # crc32, not hash(): str hashes change from run to run
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()))
     x = np.zeros(n)
     if case.noise is not None:
         x += _noise(case.noise, case.noise_rms, n, rng)
@@ -269,9 +288,10 @@ TABLE: list[str] = []
 def print_table() -> Iterator[None]:
     yield
     if TABLE:
-        print("\n\nbarge-in on a noisy, echoing line (defaults; latency = caller onset -> CONFIRMED)")
+        print("\n\nbarge-in on a noisy, echoing line, default params")
+        print("left: the line alone (counts); right: with a caller, ms from onset to SOFT_PAUSE/CONFIRMED")
         header = f"{'case':36s} {'soft':>4s} {'resume':>6s} {'conf':>4s} {'speech':>6s} {'echo-rej':>8s}"
-        header += "  " + "  ".join(f"latency #{i + 1}" for i in range(len(CALLERS)))
+        header += "  " + "  ".join(f"caller {i + 1} ms" for i in range(len(CALLERS)))
         print(header)
         print("\n".join(TABLE))
 
@@ -286,7 +306,6 @@ def _check_negative(case: LineCase, outcome: Outcome) -> None:
     if case.impulsive:
         impulses = len(case.clicks_s) + len(case.knocks_s)
         assert stats.soft_pauses <= impulses
-        assert outcome.resume_slots == [slot + 0 for slot in outcome.resume_slots]
         assert stats.false_triggers == stats.soft_pauses  # every soft pause resumed
     else:
         assert stats.soft_pauses == 0, f"{case.name}: the agent was paused"
@@ -299,21 +318,23 @@ def test_line_without_caller_speech_never_confirms_and_its_positive_control_does
     negative = simulate(case, params)
     _check_negative(case, negative)
 
-    latencies: list[int] = []
-    for text, voice, onset_s in CALLERS:
+    latencies: list[str] = []
+    for text, voice, onset_s in CALLERS if case.positive_control else ():
         speech = caller_speech(text, voice)
         outcome = simulate(case, params, (speech, onset_s))
         onset = caller_onset_slot(speech, onset_s, params)
         assert outcome.confirm_slot is not None, f"{case.name}: {text!r} never confirmed"
         assert outcome.confirm_slot >= onset, f"{case.name}: confirmed before the caller spoke"
         latency_ms = (outcome.confirm_slot + 1 - onset) * FRAME_MS
-        latencies.append(latency_ms)
         assert latency_ms <= params.min_ms + 100, f"{case.name}: {text!r} took {latency_ms} ms"
+        soft = [slot for slot in outcome.soft_slots if slot >= onset]
+        soft_ms = f"{(soft[0] + 1 - onset) * FRAME_MS:3d}" if soft else "  -"
+        latencies.append(f"{soft_ms}/{latency_ms:3d}")
 
     s = negative.stats
     TABLE.append(
         f"{case.name:36s} {s.soft_pauses:4d} {s.false_triggers:6d} {s.confirmed:4d} {s.speech_frames:6d} "
-        f"{s.echo_rejected_frames:8d}  " + "  ".join(f"{ms:7d} ms" for ms in latencies)
+        f"{s.echo_rejected_frames:8d}  " + ("  ".join(f"{ms:>11s}" for ms in latencies) or "(no positive control)")
     )
 
 

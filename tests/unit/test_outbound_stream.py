@@ -931,3 +931,42 @@ def test_manager_validates_pacer_period_and_duplicate_open() -> None:
     mgr.open("x", SLIN_8K, lambda f: None)
     with pytest.raises(ValueError):
         mgr.open("x", SLIN_8K, lambda f: None)
+
+
+# ---- soft barge-in hold/release ------------------------------------------------------
+
+
+def test_hold_sends_silence_without_consuming_and_release_resumes_exactly():
+    from voiceline.audio.formats import SLIN_8K
+    from voiceline.core.streaming_playback_manager import OutboundStream, StreamParams
+
+    stream = OutboundStream("c", SLIN_8K, StreamParams(fallback_timeout_ms=200))
+    audio = bytes(range(256)) * 25  # 6400 bytes = 20 frames
+    stream.begin_turn(0.0)
+    stream.push(audio, 0.0)
+    sent = [stream.tick(i * 0.02) for i in range(5)]
+    assert b"".join(sent) == audio[: 5 * 320]
+    assert stream.hold(0.1)
+    held = [stream.tick(0.1 + i * 0.02) for i in range(15)]  # 300 ms: longer than the fallback timeout
+    assert all(f == b"\x00" * 320 for f in held)
+    assert not stream.last_tick_sent_audio
+    assert stream.depth_frames == 15
+    stream.release(0.4)
+    rest = [stream.tick(0.4 + i * 0.02) for i in range(15)]
+    assert b"".join(rest) == audio[5 * 320:]
+    assert stream.stats.pauses == 0 and stream.stats.fallbacks == 0
+
+
+def test_hold_needs_a_playing_turn_and_flush_clears_it():
+    from voiceline.audio.formats import SLIN_8K
+    from voiceline.core.streaming_playback_manager import OutboundStream
+
+    stream = OutboundStream("c", SLIN_8K)
+    assert not stream.hold(0.0)  # nothing playing
+    stream.begin_turn(0.0)
+    stream.push(b"\x01\x00" * 1600, 0.0)
+    stream.tick(0.0)
+    assert stream.hold(0.02) and stream.held
+    result = stream.flush(0.04)
+    assert not stream.held and result.dropped_frames == 9
+    assert stream.tick(0.06) == b"\x00" * 320

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import structlog
 from voiceline.asterisk.audiosocket import AudioSocketConnection, Frame, slin_kind_for_rate
 from voiceline.audio.formats import AudioFormat
 from voiceline.audio.transcode import Transcoder
+from voiceline.core.barge_in import PROTECTED_DROP_LOG_MESSAGE, BargeInDetector, BargeInParams, Decision
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.models import CallSession
 from voiceline.core.streaming_playback_manager import (
@@ -67,6 +69,11 @@ class CallCounters:
 
 EndCall = Callable[[str, str], Awaitable[None]]  # (call_id, reason)
 FallbackPlayer = Callable[[str, FallbackRequested], Awaitable[None]]
+PlaybackStopper = Callable[[str], Awaitable[None]]  # stop the call's ARI playback, if any
+
+# Caller audio kept while capture is gated, so that after a confirmed barge-in the
+# provider hears the interruption from its first syllable, not from the confirmation.
+PREROLL_S = 0.6
 
 
 class Call:
@@ -82,6 +89,8 @@ class Call:
         play_fallback: FallbackPlayer | None,
         clock: Callable[[], float],
         metrics: Metrics,
+        barge_in: BargeInParams | None = None,
+        stop_playback: PlaybackStopper | None = None,
     ) -> None:
         self.session = session
         self.provider = provider
@@ -102,6 +111,14 @@ class Call:
         self._from_provider = Transcoder(caps.output_format, wire_format)
         self._full_duplex = caps.full_duplex
         self._wire_kind = slin_kind_for_rate(wire_format.sample_rate)
+        # Full-duplex providers hear the caller all the time; there is nothing to barge into.
+        self._detector = BargeInDetector(barge_in) if barge_in is not None and barge_in.enabled \
+            and not self._full_duplex else None
+        self._stop_playback = stop_playback
+        self._preroll: deque[bytes] = deque(maxlen=max(1, int(PREROLL_S * 1000 / 20)))
+        self._last_agent_frame: bytes | None = None
+        self._last_agent_frame_at: float | None = None
+        self._protected_logged = False
         self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=INBOUND_QUEUE_FRAMES)
         self._tasks: set[asyncio.Task[object]] = set()
         self.connection: AudioSocketConnection | None = None
@@ -145,6 +162,12 @@ class Call:
         if connection is not None and not connection.closed:
             connection.send_audio(frame, self._wire_kind)
         now = self._clock()
+        # The barge-in detector compares the caller's audio with what we just sent.
+        if self.stream is not None and self.stream.last_tick_sent_audio:
+            self._last_agent_frame = frame
+            self._last_agent_frame_at = now
+        else:
+            self._last_agent_frame = None
         if now >= self._next_depth_sample and self.stream is not None:
             self._next_depth_sample = now + DEPTH_SAMPLE_INTERVAL_S
             self._sample_depth(now)
@@ -178,17 +201,93 @@ class Call:
 
     def on_audio(self, frame: Frame) -> None:
         self.counters.frames_in += 1
+        payload = frame.payload
         now = self._clock()
         if now >= self._next_energy_sample:
             self._next_energy_sample = now + ENERGY_SAMPLE_INTERVAL_S
-            self.timeline.energy_sample(frame_rms(frame.payload), now_s=now)
+            self.timeline.energy_sample(frame_rms(payload), now_s=now)
+        if self._detector is not None and not self._watch_for_barge_in(payload, now):
+            return
         if not (self._full_duplex or self.session.audio_capture_enabled):
             self.counters.frames_gated += 1
+            self._preroll.append(payload)
             return
+        self._forward(payload)
+
+    def _forward(self, payload: bytes) -> None:
         if self._inbound.full():
             self._inbound.get_nowait()
             self.counters.inbound_dropped += 1
-        self._inbound.put_nowait(frame.payload)
+        self._inbound.put_nowait(payload)
+
+    def _watch_for_barge_in(self, payload: bytes, now: float) -> bool:
+        """Feed the detector; False when the frame must be dropped (protection window)."""
+        detector = self._detector
+        playing = not self.session.audio_capture_enabled
+        if playing and not detector.in_playback:
+            detector.playback_started(now)
+            self._protected_logged = False
+        elif not playing and detector.in_playback:
+            detector.playback_stopped(now)
+        if len(payload) != detector.params.frame_bytes:
+            return True  # another ptime: no detection on this frame, gating still applies
+        decision = detector.feed(payload, now, reference=self._last_agent_frame)
+        if decision is Decision.NONE or decision is Decision.SPEECH_CANDIDATE:
+            return True
+        call_id = self.session.call_id
+        if decision is Decision.DROP_PROTECTED:
+            if not self._protected_logged:
+                self._protected_logged = True
+                log.info(PROTECTED_DROP_LOG_MESSAGE, call_id=call_id)
+            return False
+        self._sync_attempts()
+        if decision is Decision.SOFT_PAUSE:
+            if self.stream is not None and self.stream.hold(now):
+                self.timeline.add("soft_pause", None, now_s=now)
+        elif decision is Decision.RESUME:
+            self._metrics.barge_in_false_triggers_total.inc()
+            if self.stream is not None and self.stream.held:
+                self.stream.release(now)
+                self.timeline.add("soft_resume", None, now_s=now)
+        elif decision is Decision.CONFIRMED:
+            self._barge_in(now, source="local", onset=detector.stats.speech_onset)
+        return True
+
+    def _sync_attempts(self) -> None:
+        """Caller speech episodes during playback, from the detector, into session and metrics."""
+        attempts = self._detector.stats.attempts
+        new = attempts - self.session.conversation.barge_in_attempts
+        if new > 0:
+            self.session.conversation.barge_in_attempts = attempts
+            self._metrics.barge_in_attempts_total.inc(new)
+
+    def _barge_in(self, now: float, *, source: str, onset: float | None) -> None:
+        """The caller interrupted: silence the agent at once, let the provider hear the caller."""
+        call_id = self.session.call_id
+        stream_playing = self.stream is not None and self.stream.state.value != "idle"
+        playback = self.session.current_playback
+        ari_playing = playback is not None and not playback.finished
+        if not (stream_playing or ari_playing or self.session.tts_playing):
+            return  # nothing was playing: not an interruption
+        played_ms = None
+        if self.stream is not None:
+            result = self.stream.flush(now, "barge-in")
+            played_ms = result.played_ms
+        if ari_playing and self._stop_playback is not None:
+            spawn(self._stop_playback(call_id), name=f"stop-playback-{call_id}", owner=self._tasks)
+        reaction_s = None
+        if onset is not None and self._last_agent_frame_at is not None:
+            reaction_s = max(0.0, self._last_agent_frame_at - onset)
+        self.session.conversation.barge_ins += 1
+        self._metrics.barge_in(call_id, source, reaction_s)
+        self.timeline.add("barge_in", round(played_ms or 0), now_s=now)
+        log.info("barge_in", call_id=call_id, source=source, played_ms=played_ms,
+                 reaction_ms=round(reaction_s * 1000, 1) if reaction_s is not None else None)
+        # Capture is on again (the turn ended); hand the provider the interruption's start.
+        while self._preroll:
+            self._forward(self._preroll.popleft())
+        if self._provider_started.is_set():
+            spawn(self.provider.interrupt(played_ms), name=f"interrupt-{call_id}", owner=self._tasks)
 
     def on_dtmf(self, digit: str) -> None:
         self.counters.dtmf += 1
@@ -259,12 +358,8 @@ class Call:
                     return
 
     def _on_user_started_speaking(self) -> None:
-        """The provider heard the caller: drop queued agent audio at once."""
-        if self.stream is None:
-            return
-        result = self.stream.flush(self._clock(), "barge-in")
-        if result is not None and result.dropped_frames:
-            log.info("agent_audio_flushed", call_id=self.session.call_id, dropped_frames=result.dropped_frames)
+        """The provider heard the caller: drop queued agent audio at once (counted once)."""
+        self._barge_in(self._clock(), source="provider", onset=None)
 
     # ------------------------------------------------------------------ stream events
 

@@ -22,6 +22,7 @@ from voiceline.asterisk.ari import AriClient, AriError
 from voiceline.asterisk.audiosocket import AudioSocketConnection
 from voiceline.audio.formats import AudioFormat
 from voiceline.config import Settings
+from voiceline.core.barge_in import BargeInParams
 from voiceline.core.call import Call
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.models import CallSession, CallState, PlaybackRef
@@ -113,6 +114,8 @@ class Engine:
             end_call=self.end_call,
             play_fallback=self._play_fallback if self.ari is not None else None,
             clock=self._clock, metrics=self.metrics,
+            barge_in=BargeInParams.from_settings(self.settings.barge_in, self._audiosocket_rate),
+            stop_playback=self._stop_call_playback if self.ari is not None else None,
         )
         self._calls[call_id] = call
         self.metrics.call_started(choice.provider.name)
@@ -248,6 +251,21 @@ class Engine:
         except AriError as exc:
             log.error("fallback_playback_failed", call_id=call_id, playback_id=ref.playback_id, error=str(exc))
             self.coordinator.on_tts_end(call_id, ref.playback_id, "fallback-failed")
+
+    async def _stop_call_playback(self, call_id: str) -> None:
+        """Barge-in during an ARI playback: stop it (a 404 means it already finished)."""
+        call = self._calls.get(call_id)
+        ref = call.session.current_playback if call is not None else None
+        if ref is None or ref.finished or self.ari is None:
+            return
+        ref.finished = True  # PlaybackFinished for it will now be ignored: handled once
+        try:
+            stopped = await self.ari.stop_playback(ref.playback_id)
+        except AriError as exc:
+            log.warning("stop_playback_failed", call_id=call_id, playback_id=ref.playback_id, error=str(exc))
+            stopped = False
+        self.coordinator.on_tts_end(call_id, ref.playback_id, "barge-in")
+        log.info("playback_stopped", call_id=call_id, playback_id=ref.playback_id, was_playing=stopped)
 
     def _on_playback_finished(self, event: dict) -> None:
         playback_id = event.get("playback", {}).get("id", "")

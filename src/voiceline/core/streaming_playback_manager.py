@@ -506,6 +506,7 @@ class OutboundStream:
         self._turn_count = 0
         self._closed = False
         self._sent_audio = False
+        self._held_since: float | None = None
         self.stats = StreamStats()
 
     # ---- introspection ----------------------------------------------------------
@@ -659,12 +660,44 @@ class OutboundStream:
 
     # ---- phone side -------------------------------------------------------------
 
+    @property
+    def held(self) -> bool:
+        return self._held_since is not None
+
+    @property
+    def last_tick_sent_audio(self) -> bool:
+        """Whether the frame returned by the last ``tick`` was agent audio."""
+        return self._sent_audio
+
+    def hold(self, now: float) -> bool:
+        """Soft barge-in: send silence without consuming queued audio until ``release``.
+
+        A hold is not a stall and not a pause: no pause is counted, nothing is
+        dropped, and the fallback timer is pushed back by the held time on release.
+        Returns False when there was nothing to hold (no turn playing, or closed).
+        """
+        if self._closed or self._held_since is not None or not self._queue or not self._queue[0].started:
+            return False
+        self._held_since = now
+        return True
+
+    def release(self, now: float) -> None:
+        """End a hold: playback continues exactly where it stopped."""
+        if self._held_since is None:
+            return
+        held_for = now - self._held_since
+        self._held_since = None
+        for turn in self._queue:
+            turn.fallback_deadline += held_for
+
     def tick(self, now: float) -> bytes:
         """One pacer tick: exactly one wire frame (agent audio or silence)."""
         self._expire(now)
         self._sent_audio = False
         frame: bytes | None = None
-        if not self._closed:
+        if self._held_since is not None:
+            frame = self._silence
+        elif not self._closed:
             if self._queue:
                 head = self._queue[0]
                 if head.started and not head.ended:
@@ -688,6 +721,7 @@ class OutboundStream:
         """
         if reason not in END_REASONS:
             raise ValueError(f"unknown end reason {reason!r}")
+        self._held_since = None
         self._expire(now)
         head = self._queue[0] if self._queue else None
         ctx = self._context

@@ -52,8 +52,23 @@ class Metrics:
             "ai_agent_streaming_buffer_depth_frames", "Jitter buffer depth sampled each tick of a playing turn",
             buckets=_DEPTH_BUCKETS, registry=r,
         )
-        self.barge_in_events_total = Counter(
-            "ai_agent_barge_in_events_total", "Agent turns cut short because the caller spoke", registry=r
+        self.barge_ins_total = Counter(
+            "ai_agent_barge_ins_total", "Agent turns cut short because the caller spoke", ["source"], registry=r
+        )
+        self.barge_in_attempts_total = Counter(
+            "ai_agent_barge_in_attempts_total", "Caller speech episodes heard while the agent was playing",
+            registry=r,
+        )
+        self.barge_in_false_triggers_total = Counter(
+            "ai_agent_barge_in_false_triggers_total", "Soft pauses resumed because speech was not confirmed",
+            registry=r,
+        )
+        self.barge_in_reaction = Histogram(
+            "ai_agent_barge_in_reaction_seconds", "Caller speech onset to the last agent frame sent",
+            buckets=(0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0), registry=r,
+        )
+        self.gating_transitions_total = Counter(
+            "ai_agent_capture_gating_transitions_total", "Caller-audio capture switched on or off", registry=r
         )
         # per-call gauges (removed at call end)
         self.capture_enabled = Gauge(
@@ -61,6 +76,9 @@ class Metrics:
         )
         self.tts_gating_active = Gauge(
             "ai_agent_tts_gating_active", "1 while agent audio gates the caller", ["call_id"], registry=r
+        )
+        self.barge_in_events = Counter(
+            "ai_agent_barge_in_events", "Barge-ins of one live call", ["call_id"], registry=r
         )
         self.jitter_depth = Gauge(
             "ai_agent_streaming_jitter_buffer_depth", "Current jitter buffer depth (frames)", ["call_id"],
@@ -88,20 +106,26 @@ class Metrics:
     def fallback(self) -> None:
         self.fallbacks_total.inc()
 
-    def barge_in(self) -> None:
-        self.barge_in_events_total.inc()
+    def barge_in(self, call_id: str, source: str, reaction_s: float | None) -> None:
+        self.barge_ins_total.labels(source).inc()
+        self.barge_in_events.labels(call_id).inc()
+        if reaction_s is not None:
+            self.barge_in_reaction.observe(reaction_s)
 
     # ---- per-call gauges
     def gating_changed(self, call_id: str, capture_enabled: bool) -> None:
+        self.gating_transitions_total.inc()
         self.capture_enabled.labels(call_id).set(1 if capture_enabled else 0)
         self.tts_gating_active.labels(call_id).set(0 if capture_enabled else 1)
 
     def call_gauges_open(self, call_id: str) -> None:
-        self.gating_changed(call_id, True)
+        self.capture_enabled.labels(call_id).set(1)
+        self.tts_gating_active.labels(call_id).set(0)
         self.jitter_depth.labels(call_id).set(0)
+        self.barge_in_events.labels(call_id)
 
     def call_gauges_close(self, call_id: str) -> None:
-        for gauge in (self.capture_enabled, self.tts_gating_active, self.jitter_depth):
+        for gauge in (self.capture_enabled, self.tts_gating_active, self.jitter_depth, self.barge_in_events):
             try:
                 gauge.remove(call_id)
             except KeyError:
