@@ -253,10 +253,14 @@ def test_a_120ms_burst_soft_pauses_then_resumes_and_counts_a_false_trigger() -> 
     for _ in range(20):
         run.feed(silence(p))
     # soft pause on the 3rd speech frame; the 4th silent frame after the burst is one
-    # miss more than the 3 tolerated, so the episode ends there
+    # miss more than the 3 tolerated, so the episode ends there, and the agent stays
+    # held for the resume hangover before RESUME
+    abandoned = start + 6 + p.allowed_misses
     assert run.index_of(D.SOFT_PAUSE) == [start + 2]
-    assert run.index_of(D.RESUME) == [start + 6 + p.allowed_misses]
-    assert run.decisions[start + 3 : start + 6 + p.allowed_misses] == [D.SPEECH_CANDIDATE] * 6
+    assert run.index_of(D.RESUME) == [abandoned + p.resume_hangover_frames]
+    assert run.decisions[start + 3 : abandoned + p.resume_hangover_frames] == [D.SPEECH_CANDIDATE] * (
+        3 + p.allowed_misses + p.resume_hangover_frames
+    )
     assert run.index_of(D.CONFIRMED) == []
     stats = run.detector.stats
     assert (stats.attempts, stats.soft_pauses, stats.false_triggers, stats.confirmed) == (1, 1, 1, 0)
@@ -404,3 +408,24 @@ def test_frame_counts_round_up_for_odd_ms() -> None:
     p = BargeInParams(min_ms=90, soft_pause_ms=30, cooldown_ms=1, initial_protection_ms=41, frame_ms=20)
     assert (p.min_frames, p.soft_pause_frames, p.cooldown_frames, p.protection_frames) == (5, 2, 1, 3)
     assert p.confirm_frames == math.ceil(0.7 * 5)
+
+
+def test_a_gap_between_words_keeps_the_agent_held_and_confirms_from_the_first_onset() -> None:
+    p = BargeInParams()
+    run = Run(p)
+    run.start_playback()
+    for _ in range(p.protection_frames + 5):
+        run.feed(silence(p))
+    start = len(run.decisions)
+    onset_time = run.now(start)
+    for frame in loud_speech_frames(p, 6):  # "Sorry"
+        run.feed(frame)
+    for _ in range(6):  # a 120 ms gap: the first episode is abandoned inside it
+        run.feed(silence(p))
+    for frame in loud_speech_frames(p, 30):  # "... to interrupt"
+        run.feed(frame)
+    assert run.index_of(D.SOFT_PAUSE) == [start + 2]
+    assert run.index_of(D.RESUME) == []  # no agent audio leaks out between the words
+    second_onset = start + 12
+    assert run.index_of(D.CONFIRMED) == [second_onset + p.min_frames - 1]
+    assert run.detector.stats.speech_onset == onset_time  # reaction counts from the first word

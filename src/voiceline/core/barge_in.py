@@ -157,6 +157,12 @@ class BargeInParams:
     noise_margin_db: float = 4.5
     # Share of the min_ms window that must be speech; the rest tolerates gaps.
     confirm_ratio: float = 0.7
+    # A soft pause whose episode is abandoned waits this long before RESUME: a gap
+    # between two words of the same interruption ("Sorry ... to interrupt") then
+    # re-opens an episode while the agent stays silent, instead of letting agent
+    # audio leak out between the words. Measured on the lab: without it the caller
+    # heard agent frames ~270 and ~510 ms after their onset; with it, none after ~60 ms.
+    resume_hangover_ms: int = 200
 
     def __post_init__(self) -> None:
         if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
@@ -224,6 +230,10 @@ class BargeInParams:
     def soft_pause_frames(self) -> int:
         """Speech frames before SOFT_PAUSE; 0 = soft pause off."""
         return _frames_for(self.soft_pause_ms, self.frame_ms)
+
+    @property
+    def resume_hangover_frames(self) -> int:
+        return _frames_for(self.resume_hangover_ms, self.frame_ms)
 
     @property
     def cooldown_frames(self) -> int:
@@ -318,6 +328,10 @@ class BargeInDetector:
         self._episode_misses = 0
         self._episode_onset = 0.0
         self.soft_paused = False
+        # after an abandoned soft-paused episode: frames left before RESUME, and the
+        # onset of the first episode of the hold (reaction time counts from it)
+        self._hangover_left = 0
+        self._hold_onset: float | None = None
 
     # ------------------------------------------------------------------ playback events
 
@@ -327,6 +341,7 @@ class BargeInDetector:
         self.playback_started_at = now
         self._protection_left = self.params.protection_frames
         self._reset_episode()
+        self._end_hold()
 
     def playback_stopped(self, now: float) -> None:
         """Agent audio stopped (turn done or flushed). An episode in progress is dropped
@@ -335,6 +350,11 @@ class BargeInDetector:
         self.playback_started_at = None
         self._protection_left = 0
         self._reset_episode()
+        self._end_hold()
+
+    def _end_hold(self) -> None:
+        self._hangover_left = 0
+        self._hold_onset = None
 
     @property
     def noise_floor(self) -> float:
@@ -379,9 +399,21 @@ class BargeInDetector:
         speech = self._is_speech(frame, rms)
         if not self._episode_open:
             if not speech:
-                return Decision.NONE
+                return self._wait_out_hangover()
+            self._hangover_left = 0
             self._open_episode(now)
         return self._advance_episode(speech, now)
+
+    def _wait_out_hangover(self) -> Decision:
+        if not self._hangover_left:
+            return Decision.NONE
+        self._hangover_left -= 1
+        if self._hangover_left:
+            return Decision.SPEECH_CANDIDATE  # still holding the agent
+        self.soft_paused = False
+        self._hold_onset = None
+        self.stats.false_triggers += 1
+        return Decision.RESUME
 
     # ------------------------------------------------------------------ internals
 
@@ -442,16 +474,26 @@ class BargeInDetector:
 
     def _confirm(self, now: float) -> Decision:
         self.stats.confirmed += 1
-        self.stats.speech_onset = self._episode_onset
+        self.stats.speech_onset = self._hold_onset if self._hold_onset is not None else self._episode_onset
         self.stats.confirmed_at = now
         self._reset_episode()
+        self._hold_onset = None
         self._cooldown_left = self.params.cooldown_frames
         return Decision.CONFIRMED
 
     def _abandon_episode(self) -> Decision:
         was_paused = self.soft_paused
+        onset = self._episode_onset
         self._reset_episode()
         if was_paused:
+            hangover = self.params.resume_hangover_frames
+            if hangover:
+                # Keep the agent paused a little: the caller may go on after a gap.
+                self.soft_paused = True
+                self._hangover_left = hangover
+                if self._hold_onset is None:
+                    self._hold_onset = onset
+                return Decision.SPEECH_CANDIDATE
             self.stats.false_triggers += 1
             return Decision.RESUME
         self.stats.abandoned_candidates += 1

@@ -18,6 +18,8 @@ kind                value
 ``barge_in``        ms of agent audio played before the caller cut in, or None
 ``turn_start``      turn id
 ``turn_end``        end reason ("completed", "barge-in", "fallback", "call-ended")
+``soft_pause``      None: likely caller speech paused the agent (soft barge-in)
+``soft_resume``     None: the speech was not confirmed; the agent played on
 ==================  ===============================================================
 
 ``TimelineRecorder`` builds it; ``render_report`` draws it as a PNG and an HTML
@@ -67,7 +69,7 @@ SILENCE_DBFS = -96.0  # below the 16-bit noise floor: what digital silence is dr
 _FULL_SCALE = 32768.0
 TIMELINE_KINDS = frozenset(
     {"depth", "caller_energy", "agent_on", "agent_off", "pause", "resume", "fallback", "barge_in",
-     "turn_start", "turn_end"}
+     "turn_start", "turn_end", "soft_pause", "soft_resume"}
 )
 _SAMPLE_KINDS = ("depth", "caller_energy")
 
