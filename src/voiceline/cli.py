@@ -78,6 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.provider:
         overrides["default_provider"] = args.provider
     settings = load_or_exit(_config_path(args.config), overrides)
+    if settings.mode == "ari" and not settings.asterisk.password.get_secret_value():
+        print("voiceline: asterisk.password is empty in ari mode: export ARI_PASSWORD "
+              "(the password of the ARI user in ari.conf), or use --mode audiosocket", file=sys.stderr)
+        return EXIT_INVALID
     levels = dict(settings.logging.levels)
     levels.setdefault("streaming", settings.streaming.logging_level)
     configure_logging(settings.logging.level, settings.logging.format, levels)

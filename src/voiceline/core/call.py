@@ -121,6 +121,7 @@ class Call:
         self._protected_logged = False
         self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=INBOUND_QUEUE_FRAMES)
         self._tasks: set[asyncio.Task[object]] = set()
+        self._ending_tasks: set[asyncio.Task[object]] = set()
         self.connection: AudioSocketConnection | None = None
         self.stream = None
         self._provider_started = asyncio.Event()
@@ -301,10 +302,12 @@ class Call:
     def on_closed(self, reason: str) -> None:
         if self._ended:
             return
+        # Not in self._tasks: ending the call cancels those, and this task is the one
+        # ending it. Kept referenced here so it cannot be garbage-collected mid-way.
         spawn(
             self._end_call(self.session.call_id, f"audiosocket closed: {reason}"),
             name=f"end-{self.session.call_id}",
-            owner=set(),
+            owner=self._ending_tasks,
         )
 
     async def _send_inbound(self) -> None:

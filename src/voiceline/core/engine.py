@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -316,19 +316,20 @@ class Engine:
 
     async def _release_ari(self, session: CallSession) -> None:
         assert self.ari is not None
+        ari = self.ari
         ref = session.current_playback
-        steps = []
+        steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
         if ref is not None and not ref.finished:
-            steps.append(("stop_playback", self.ari.stop_playback(ref.playback_id)))
+            steps.append(("stop_playback", lambda: ari.stop_playback(ref.playback_id)))
         if session.media_channel_id:
-            steps.append(("hangup_media", self.ari.hangup(session.media_channel_id)))
+            steps.append(("hangup_media", lambda: ari.hangup(session.media_channel_id)))
         if session.bridge_id:
-            steps.append(("destroy_bridge", self.ari.destroy_bridge(session.bridge_id)))
+            steps.append(("destroy_bridge", lambda: ari.destroy_bridge(session.bridge_id)))
         if session.caller_channel_id:
-            steps.append(("hangup_caller", self.ari.hangup(session.caller_channel_id)))
-        for step, coro in steps:
+            steps.append(("hangup_caller", lambda: ari.hangup(session.caller_channel_id)))
+        for step, action in steps:
             try:
-                await coro  # a 404 (already gone) comes back as False, not an error
+                await action()  # a 404 (already gone) comes back as False, not an error
             except AriError as exc:
                 log.warning("ari_cleanup_failed", call_id=session.call_id, step=step, error=str(exc))
 
