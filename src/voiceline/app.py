@@ -23,6 +23,7 @@ from voiceline.core.tasks import cancel_and_wait
 from voiceline.providers.base import Provider
 from voiceline.providers.deepgram import DeepgramConfig, DeepgramProvider
 from voiceline.providers.echo import EchoProvider
+from voiceline.providers.local import LocalAgentConfig, LocalAgentProvider
 from voiceline.providers.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeProvider
 from voiceline.providers.registry import ProviderRegistry
 from voiceline.telemetry.history import CallHistory
@@ -35,8 +36,17 @@ log = structlog.get_logger("voiceline.app")
 
 def _plain(model) -> dict:
     """A provider section as plain data with secrets revealed, for the provider's own config type."""
-    data = model.model_dump(mode="python")
-    return {k: (v.get_secret_value() or None) if isinstance(v, SecretStr) else v for k, v in data.items()}
+    return _reveal(model.model_dump(mode="python"))
+
+
+def _reveal(value):
+    if isinstance(value, SecretStr):
+        return value.get_secret_value() or None
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:
@@ -45,6 +55,7 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
         "echo": EchoProvider(p.echo.delay_ms),
         "deepgram": DeepgramProvider(DeepgramConfig(**_plain(p.deepgram))),
         "openai_realtime": OpenAIRealtimeProvider(OpenAIRealtimeConfig(**_plain(p.openai_realtime))),
+        "local": LocalAgentProvider(LocalAgentConfig.from_dict(_plain(p.local))),
     }
 
 

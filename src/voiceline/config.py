@@ -201,10 +201,85 @@ class OpenAIRealtimeProviderSettings(_Strict):
     connect_timeout_s: float = Field(10.0, gt=0)
 
 
+class LocalScriptRule(_Strict):
+    match: list[str] = Field(min_length=1, description="keywords (word* = any ending) or re:REGEX")
+    reply: str
+
+
+def _default_rules() -> list[LocalScriptRule]:
+    from voiceline.providers.local.llm import DEFAULT_RULES
+
+    return [LocalScriptRule(match=list(r.match), reply=r.reply) for r in DEFAULT_RULES]
+
+
+def _default_phrases() -> list[str]:
+    # The scripted FAQ line is the default LLM, so recognition defaults to a small
+    # language model of the questions it answers: far more accurate on phone audio.
+    from voiceline.providers.local.llm import DEFAULT_SCRIPT_PHRASES
+
+    return list(DEFAULT_SCRIPT_PHRASES)
+
+
+def _default_fallback_reply() -> str:
+    from voiceline.providers.local.llm import DEFAULT_FALLBACK_REPLY
+
+    return DEFAULT_FALLBACK_REPLY
+
+
+class LocalLLMSettings(_Strict):
+    kind: Literal["scripted", "openai_compatible"] = "scripted"
+    base_url: str = Field("http://127.0.0.1:11434/v1", description="OpenAI-style API root (Ollama, llama.cpp, vLLM)")
+    model: str = ""
+    api_key: SecretStr = SecretStr("")
+    system_prompt: str = "You are a helpful phone assistant. Answer in one or two short sentences."
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int | None = Field(200, gt=0)
+    timeout_s: float = Field(20.0, gt=0)
+    max_history_messages: int = Field(20, ge=0)
+    rules: list[LocalScriptRule] = Field(default_factory=_default_rules)
+    fallback_reply: str = Field(default_factory=_default_fallback_reply)
+
+
+class LocalTTSSettings(_Strict):
+    voice: str = "en-us"
+    speed: int = Field(165, gt=0, description="words per minute")
+    espeak_binary: str = "espeak-ng"
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class LocalSTTSettings(_Strict):
+    model: str | None = Field(None, description="acoustic model dir; null = the one in the pocketsphinx wheel")
+    lm: str | None = None
+    dictionary: str | None = None
+    phrases: list[str] | None = Field(
+        default_factory=lambda: _default_phrases(),
+        description="example caller sentences for a small LM (null: the general English LM)",
+    )
+    keyphrase: str | None = None
+    kws_threshold: float = 1e-20
+    grammar: str | None = None
+
+
+class LocalProviderSettings(_Strict):
+    sample_rate: Literal[8000, 16000, 32000, 48000] = 8000
+    vad_aggressiveness: int = Field(2, ge=0, le=3)
+    onset_ms: int = Field(100, ge=20)
+    end_of_utterance_ms: int = Field(600, ge=20)
+    min_utterance_ms: int = Field(250, ge=0)
+    max_utterance_ms: int = Field(20000, gt=0)
+    greeting: str | None = "Hello, this is the voiceline demo agent. How can I help you?"
+    apology: str = "Sorry, I am having trouble answering right now."
+    chunk_ms: int = Field(100, gt=0)
+    llm: LocalLLMSettings = Field(default_factory=LocalLLMSettings)
+    tts: LocalTTSSettings = Field(default_factory=LocalTTSSettings)
+    stt: LocalSTTSettings = Field(default_factory=LocalSTTSettings)
+
+
 class ProvidersSettings(_Strict):
     echo: EchoProviderSettings = Field(default_factory=EchoProviderSettings)
     deepgram: DeepgramProviderSettings = Field(default_factory=DeepgramProviderSettings)
     openai_realtime: OpenAIRealtimeProviderSettings = Field(default_factory=OpenAIRealtimeProviderSettings)
+    local: LocalProviderSettings = Field(default_factory=LocalProviderSettings)
 
 
 class Settings(_Strict):

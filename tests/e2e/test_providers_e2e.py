@@ -66,3 +66,25 @@ def test_unknown_provider_variable_falls_back_to_default(asterisk, engine, tmp_p
     assert proc.wait_for("call_started")[0]["provider"] == "echo"
     lag_ms, peak = labkit.correlate_delay(result.sent.samples, result.received.samples)
     assert peak > 0.8  # the call still works, on the default provider
+
+
+def test_local_agent_greets_and_answers_a_spoken_question(asterisk, engine, tmp_path):
+    """The offline agent: pocketsphinx + scripted replies + espeak-ng, no network."""
+    proc = engine(mode="ari", provider="local")
+    audio, question_end_s = _caller_audio(tmp_path, question_at_s=5.0, total_s=13.0)
+    result = labkit.place_call("stasis", audio, duration_s=13.5)
+    assert result.ok, result.errors()
+
+    transcripts = proc.wait_for("transcript", count=3, timeout=5)
+    roles = [t["role"] for t in transcripts]
+    assert roles[0] == "assistant" and "user" in roles
+    user_at = roles.index("user")
+    assert "assistant" in roles[user_at + 1:], f"no answer after the caller's question: {roles}"
+
+    received = result.received
+    assert received.lost == 0
+    speaking = _energy_windows(received.samples) > 300
+    assert speaking[: int(4.5 * 10)].sum() >= 15, "caller did not hear the greeting"
+    assert speaking[int(question_end_s * 10):].sum() >= 10, "caller did not hear an answer"
+    summary = proc.wait_for("call_summary")[0]
+    assert summary["provider"] == "local" and summary["transcript_lines"] >= 3

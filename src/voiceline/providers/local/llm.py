@@ -75,6 +75,7 @@ DEFAULT_RULES: tuple[ScriptRule, ...] = (
             "direction*",
             "find you",
             "get there",
+            "how do i get",
             "street",
         ],
         reply=(

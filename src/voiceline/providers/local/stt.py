@@ -3,10 +3,18 @@
 ``PocketSphinxRecognizer`` is the synchronous core: ``start`` / ``feed`` /
 ``finish`` around pocketsphinx's ``start_utt`` / ``process_raw`` / ``end_utt``,
 with a streaming soxr resampler from the call's rate to the model's (16 kHz for
-the bundled en-us model). ``StreamingSTT`` is the asyncio face: every decoder call
-runs on the session's own single worker thread, in submission order, so the event
-loop never waits for decoding and audio is decoded while the caller still talks
-(only the final search is left when the utterance ends).
+the bundled en-us model). ``StreamingSTT`` is the asyncio face: every recognizer
+call runs in the session's own worker process, in submission order, so the event
+loop never waits for decoding.
+
+Accuracy notes (measured on espeak-ng speech through the 8 kHz phone path, fresh
+decoder per call as in production): searching each utterance once at its end
+with ``full_utt=True`` recognised 76% of a set of FAQ questions well enough to
+hit the right scripted rule, against 17% when searching live (the running
+cepstral mean starts from the model's default and needs several utterances to
+adapt); adding quiet noise (``noise_floor``, σ=64) raised the once-per-utterance
+figure to 100% on that set. The ``phrases`` model below gets 98% on a wider set
+(180 variants) where the general model gets 66%.
 
 Recognition modes (``STTConfig``), in order of precedence:
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import multiprocessing
 import os
 import re
 import tempfile
@@ -57,6 +66,13 @@ class STTConfig:
     kws_threshold: float = 1e-20
     # JSGF grammar file (instead of an LM).
     grammar: str | None = None
+    # Search while the caller speaks (less work left at the end of the utterance)
+    # instead of once per utterance with its own cepstral mean (more accurate,
+    # especially for the first utterances of a call).
+    streaming: bool = False
+    # Standard deviation (16-bit sample units) of the quiet noise added before
+    # recognition; 0 disables. Digital silence upsets pocketsphinx's noise removal.
+    noise_floor: float = 64.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +213,17 @@ def create_decoder(config: STTConfig) -> Any:
 
 
 class PocketSphinxRecognizer:
-    """One utterance at a time; not thread-safe (use it from one thread)."""
+    """One utterance at a time; not thread-safe (use it from one thread or process).
+
+    Audio is resampled as it arrives. With ``streaming`` off (the default) it is
+    kept and searched in one pass at ``finish`` with ``full_utt=True``, so
+    pocketsphinx normalises the cepstral mean over the whole utterance; with
+    ``streaming`` on, it is searched as it arrives using the running (live) mean,
+    which leaves less work for ``finish`` but starts from the model's default mean
+    and recognises the first utterances of a call poorly. ``noise_floor`` adds
+    quiet Gaussian noise (fixed seed, so results are reproducible) before
+    recognition: pocketsphinx's noise estimation misbehaves on digital silence.
+    """
 
     def __init__(
         self, config: STTConfig, input_rate: int, decoder: Any | None = None
@@ -205,8 +231,12 @@ class PocketSphinxRecognizer:
         self._decoder = decoder if decoder is not None else create_decoder(config)
         self.input_rate = input_rate
         self.model_rate = int(self._decoder.config["samprate"])
+        self.streaming = config.streaming
+        self.noise_floor = float(config.noise_floor)
+        self._rng = np.random.default_rng(0)
         self._resampler: soxr.ResampleStream | None = None
         self._carry = b""
+        self._pending: list[bytes] = []  # model-rate audio not yet searched
         self._in_utt = False
         self._error: BaseException | None = None
 
@@ -219,6 +249,8 @@ class PocketSphinxRecognizer:
             self.abort()
         self._error = None
         self._carry = b""
+        self._pending = []
+        self._rng = np.random.default_rng(0)
         self._resampler = (
             soxr.ResampleStream(
                 self.input_rate, self.model_rate, 1, dtype="int16", quality="HQ"
@@ -251,6 +283,10 @@ class PocketSphinxRecognizer:
         try:
             if self._error is None:
                 self._process(b"", last=True)
+                if self._pending:
+                    audio = b"".join(self._pending)
+                    self._pending = []
+                    self._decoder.process_raw(audio, False, True)
         except Exception as exc:  # noqa: BLE001 - re-raised below as STTError
             self._error = exc
         finally:
@@ -262,6 +298,7 @@ class PocketSphinxRecognizer:
         return hyp.hypstr.strip() if hyp is not None and hyp.hypstr else ""
 
     def abort(self) -> None:
+        self._pending = []
         if self._in_utt:
             self._in_utt = False
             self._decoder.end_utt()
@@ -276,69 +313,90 @@ class PocketSphinxRecognizer:
         whole = len(data) & ~1
         self._carry = data[whole:]
         samples = np.frombuffer(data[:whole], dtype="<i2")
+        if self.noise_floor > 0 and len(samples):
+            noisy = samples + self._rng.normal(0.0, self.noise_floor, len(samples))
+            samples = np.clip(np.rint(noisy), -32768, 32767).astype("<i2")
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples, last=last)
-        if len(samples):
-            self._decoder.process_raw(samples.astype("<i2").tobytes(), False, False)
+        if not len(samples):
+            return
+        audio = np.asarray(samples, dtype="<i2").tobytes()
+        if self.streaming:
+            self._decoder.process_raw(audio, False, False)
+        else:
+            self._pending.append(audio)
+
+
+# The recognizer of the worker process this module is running in (see StreamingSTT).
+_worker_recognizer: PocketSphinxRecognizer | None = None
+
+
+def _worker_init(factory: Callable[[], PocketSphinxRecognizer]) -> None:
+    global _worker_recognizer
+    _worker_recognizer = factory()
+
+
+def _worker_call(method: str, *args: Any) -> Any:
+    assert _worker_recognizer is not None, "STT worker initializer did not run"
+    return getattr(_worker_recognizer, method)(*args)
 
 
 class StreamingSTT:
-    """Async facade: a recognizer living on one dedicated worker thread.
+    """Async facade: a recognizer living in one dedicated worker *process*.
 
-    ``begin``/``feed``/``abort`` only queue work and return at once; ``finish``
-    returns a future of the transcript. Work runs in submission order.
+    pocketsphinx holds the GIL while it decodes (``end_utt`` alone takes 100-200 ms
+    for a short sentence), so a thread would stall the engine's 20 ms pacer for
+    every call; measured on the lab: 40-200 ms holes in the caller's RTP while the
+    recognizer ran on a thread, none with the process. ``begin``/``feed``/``abort``
+    only queue work and return at once; ``finish`` returns a future of the
+    transcript. One worker keeps submission order.
     """
 
     def __init__(
         self, factory: Callable[[], PocketSphinxRecognizer], *, name: str = "stt"
     ) -> None:
         self._factory = factory
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=name
-        )
-        self._recognizer: PocketSphinxRecognizer | None = None
+        self._name = name
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._closed = False
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._recognizer = await loop.run_in_executor(self._executor, self._factory)
+        self._executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(self._factory,),
+        )
+        # Fails here (not on the first utterance) if the model cannot load.
+        await asyncio.wrap_future(self._executor.submit(_worker_call, "abort"))
 
-    def _submit(
-        self, fn: Callable[..., Any], *args: Any
-    ) -> concurrent.futures.Future[Any]:
-        if self._closed or self._recognizer is None:
+    def _submit(self, method: str, *args: Any) -> concurrent.futures.Future[Any]:
+        if self._closed or self._executor is None:
             raise STTError("speech recognizer is not open")
-        return self._executor.submit(fn, *args)
+        return self._executor.submit(_worker_call, method, *args)
 
     def begin(self, pcm: bytes = b"") -> None:
-        rec = self._recognizer
-        assert rec is not None
-        self._submit(rec.start)
+        self._submit("start")
         if pcm:
-            self._submit(rec.feed, pcm)
+            self._submit("feed", pcm)
 
     def feed(self, pcm: bytes) -> None:
-        rec = self._recognizer
-        assert rec is not None
-        self._submit(rec.feed, pcm)
+        self._submit("feed", pcm)
 
     def finish(self) -> asyncio.Future[str]:
-        rec = self._recognizer
-        assert rec is not None
-        return asyncio.wrap_future(self._submit(rec.finish))
+        return asyncio.wrap_future(self._submit("finish"))
 
     def abort(self) -> None:
-        rec = self._recognizer
-        assert rec is not None
-        self._submit(rec.abort)
+        self._submit("abort")
 
     @property
     def is_open(self) -> bool:
-        return self._recognizer is not None and not self._closed
+        return self._executor is not None and not self._closed
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        # A decode in progress finishes on its thread; queued work is dropped.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Queued work is dropped; the worker process exits after a decode in progress.
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
