@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import signal
 from collections.abc import Callable
 
@@ -128,6 +129,10 @@ class App:
         if self.ari is not None:
             await self.ari.open()
             self._events_task = asyncio.create_task(self.ari.run_events(self.engine.on_ari_event), name="ari-events")
+        # Everything built so far lives for the whole run: move it out of the cyclic
+        # GC's generations so full collections during calls stay short.
+        gc.collect()
+        gc.freeze()
         log.info("voiceline_started", mode=settings.mode, default_provider=settings.default_provider,
                  audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
 

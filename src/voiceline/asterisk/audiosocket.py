@@ -196,13 +196,22 @@ def encode_audio(payload: bytes, rate: int = 8000) -> bytes:
     return _encode_audio_kind(slin_kind_for_rate(rate), payload)
 
 
+_AUDIO_HEADERS: dict[tuple[int, int], bytes] = {}
+
+
 def _encode_audio_kind(kind: FrameKind, payload: bytes) -> bytes:
-    if kind not in SLIN_RATES:
-        raise ValueError(f"{kind.name} is not an audio frame kind")
-    if not payload:
-        # Asterisk hangs up the channel when it receives a zero-length audio frame.
-        raise ValueError("audio payload must not be empty")
-    return encode_frame(kind, payload)
+    # Every 20 ms frame of a call has the same kind and length: cache the 3-byte header.
+    header = _AUDIO_HEADERS.get((kind, len(payload)))
+    if header is None:
+        if kind not in SLIN_RATES:
+            raise ValueError(f"{kind.name} is not an audio frame kind")
+        if not payload:
+            # Asterisk hangs up the channel when it receives a zero-length audio frame.
+            raise ValueError("audio payload must not be empty")
+        header = encode_frame(kind, payload)[:3]
+        if len(_AUDIO_HEADERS) < 256:
+            _AUDIO_HEADERS[(kind, len(payload))] = header
+    return header + payload
 
 
 def encode_hangup() -> bytes:

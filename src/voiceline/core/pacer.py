@@ -254,7 +254,9 @@ class Pacer:
             if delay > 0:
                 await asyncio.sleep(delay)
             now = clock()
-            while now < deadline:
+            # Yield-spin to the deadline only when a stream will hear the tick; idle,
+            # the sleep's own precision is plenty and the spin would burn CPU.
+            while now < deadline and self._streams:
                 await asyncio.sleep(0)
                 now = clock()
             if schedule.due(now):

@@ -197,6 +197,7 @@ _ABBREVIATIONS = frozenset(
     }
 )
 _LAST_WORD = re.compile(r"([\w.]+)\.$")
+_SPEAKABLE = re.compile(r"\w")  # pieces of bare punctuation are not sentences
 
 
 class SentenceSplitter:
@@ -226,7 +227,7 @@ class SentenceSplitter:
                 search_from = m.end()
                 continue
             sentence = self._buf[pos : m.end()].strip()
-            if sentence:
+            if _SPEAKABLE.search(sentence):
                 out.append(sentence)
             pos = search_from = m.end()
         self._buf = self._buf[pos:].lstrip()
@@ -247,7 +248,7 @@ class SentenceSplitter:
 
     def flush(self) -> list[str]:
         rest, self._buf = self._buf.strip(), ""
-        return [rest] if rest else []
+        return [rest] if _SPEAKABLE.search(rest) else []
 
     @staticmethod
     def _is_abbreviation(candidate: str) -> bool:

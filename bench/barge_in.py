@@ -1,0 +1,692 @@
+#!/usr/bin/env python3
+"""Barge-in reaction benchmark: a caller talks over a long agent utterance.
+
+    .venv/bin/python bench/barge_in.py --interruptions 20 --out bench/results/barge_in.json
+
+Everything runs in one process and one event loop:
+
+* the Deepgram simulator (``DeepgramSimulator``: pattern steady, 1.2x real time,
+  ``long_answer_s`` 10 so the greeting is one long utterance);
+* the engine (``App``) in audiosocket mode, provider deepgram pointed at the simulator,
+  http and history off, AudioSocket on a free port;
+* simulated Asterisk legs (``CallerLeg``). Each interruption is one call: the leg sends
+  digital silence every 20 ms while the agent greets; ``--trigger-s`` (default 1.5 s,
+  varied by up to +-``--jitter-ms``) after the first agent frame with speech energy
+  arrived it sends an espeak-ng phrase (one of four, scaled to an active RMS of
+  2000-4000 like a real caller), then ``--tail-s`` of silence, then hangs up.
+
+Measured on the caller leg itself (the same definitions as tests/e2e/test_barge_in_e2e.py,
+which measures through the real Asterisk with tshark):
+
+* speech onset = send time of the first phrase frame with RMS > 500;
+* agent stop = arrival time of the last received frame with RMS > 300 before a gap of
+  at least 400 ms that extends past the onset;
+* reaction = agent stop - onset.
+
+From the engine: its own ``reaction_ms`` (the ``barge_in`` log line, captured from
+structlog; also cross-checked against the ``ai_agent_barge_in_reaction_seconds``
+histogram), the number of barge-ins it counted for the call (log lines, the session's
+``conversation.barge_ins`` read before hang-up, and ``ai_agent_barge_ins_total`` deltas),
+and the soft pauses / resumes it recorded on the call's timeline.
+
+The whole set of interruptions runs once per configuration: ``soft_pause`` (the
+shipped default, ``barge_in.soft_pause_ms`` 60) and ``hard_only`` (``soft_pause_ms`` 0:
+the agent keeps talking until the barge-in is confirmed). Both see exactly the same
+interruption plan (phrase, level, timing), so the difference is what soft pause buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voiceline.app import App
+from voiceline.config import parse_settings
+from voiceline.sim.audiosocket_caller import CallerLeg
+from voiceline.sim.deepgram_sim import DeepgramSimulator
+from voiceline.sim.speech import synthesize
+from voiceline.telemetry.logging import configure_logging
+
+REPO = Path(__file__).resolve().parent.parent
+RATE = 8000
+FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
+FRAME_BYTES = RATE * FRAME_MS // 1000 * 2
+ZERO_FRAME = bytes(FRAME_BYTES)
+
+PHRASES = (
+    "Sorry to interrupt, I need to change my booking please.",
+    "Wait, stop, I have a question.",
+    "Hold on a second please.",
+    "Excuse me, can I talk to a person?",
+)
+LEVELS = (2000, 2500, 3000, 3500, 4000)  # active RMS of the caller's phrase (16-bit)
+
+ONSET_RMS = 500.0  # caller frame that counts as the start of the interruption
+AGENT_RMS = 300.0  # received frame that counts as agent speech
+STOP_GAP_S = 0.4  # silence after the agent's last frame that makes it "stopped"
+# The simulator answers the caller only after 600 ms without speech (its detector's
+# end_ms) plus think time: agent audio sooner after the caller's last voiced frame
+# cannot be the answer.
+ANSWER_FLOOR_S = 0.6
+VOICED_RMS = 30.0  # phrase frames above this may count as voiced for the simulator
+TARGET_P95_MS = 300.0
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "soft_pause": {},  # shipped defaults (soft_pause_ms 60)
+    "hard_only": {"soft_pause_ms": 0},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[barge_in {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def rms(pcm: bytes) -> float:
+    x = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+
+
+def pct(values: list[float], p: float) -> float | None:
+    return round(float(np.percentile(values, p)), 1) if values else None
+
+
+def stats_ms(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50_ms": pct(values, 50),
+        "p95_ms": pct(values, 95),
+        "max_ms": round(max(values), 1) if values else None,
+        "min_ms": round(min(values), 1) if values else None,
+        "mean_ms": round(statistics.fmean(values), 1) if values else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# environment
+# ---------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def git_info() -> dict[str, Any]:
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "src", "config").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_engine_changes": changed}
+
+
+class LogCapture(io.TextIOBase):
+    """The stream structlog's JSON renderer writes to: keeps every record, parsed."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        *lines, self._partial = data.split("\n")
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                self.records.append(json.loads(line))
+            except ValueError:
+                self.records.append({"event": "unparsed", "text": line})
+        return len(text)
+
+    def for_call(self, call_id: str, event: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r for r in self.records
+            if r.get("call_id") == call_id and (event is None or r.get("event") == event)
+        ]
+
+
+# ---------------------------------------------------------------------------------------
+# the interruption plan
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Interruption:
+    index: int
+    phrase: str
+    level_rms: int
+    trigger_offset_ms: float  # after the first agent frame with speech energy
+
+
+def make_plan(
+    n: int, *, seed: int, trigger_s: float, jitter_ms: float, levels: tuple[int, ...] = LEVELS
+) -> list[Interruption]:
+    rng = random.Random(seed)
+    plan = []
+    for i in range(n):
+        plan.append(
+            Interruption(
+                index=i,
+                phrase=PHRASES[i % len(PHRASES)],
+                level_rms=levels[rng.randrange(len(levels))],
+                trigger_offset_ms=round(trigger_s * 1000 + rng.uniform(-jitter_ms, jitter_ms), 1),
+            )
+        )
+    return plan
+
+
+def phrase_frames(text: str, level_rms: float) -> list[bytes]:
+    """The phrase as 20 ms frames, scaled so its active frames (RMS > 500) have ``level_rms``."""
+    pcm = np.frombuffer(synthesize(text, RATE), dtype="<i2").astype(np.float64)
+    pad = (-len(pcm)) % (FRAME_BYTES // 2)
+    pcm = np.concatenate([pcm, np.zeros(pad)])
+    frames = pcm.reshape(-1, FRAME_BYTES // 2)
+    frame_rms = np.sqrt(np.mean(frames * frames, axis=1))
+    active = frames[frame_rms > ONSET_RMS]
+    gain = level_rms / float(np.sqrt(np.mean(active * active)))
+    scaled = np.clip(frames * gain, -32768, 32767).astype("<i2")
+    return [row.tobytes() for row in scaled]
+
+
+# ---------------------------------------------------------------------------------------
+# one interruption
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    config: str
+    index: int
+    call_id: str
+    phrase: str
+    level_rms: int
+    trigger_offset_ms: float
+    error: str | None = None
+    first_agent_ms: float | None = None  # connect -> first agent frame with speech energy
+    onset_after_agent_ms: float | None = None  # how far into the agent's speech the caller cut in
+    phrase_ms: float | None = None
+    reaction_ms: float | None = None  # caller leg: agent stop - onset
+    # Caller leg: the last loud agent frame before the answer - onset. Equals
+    # reaction_ms unless agent speech came back after the >= 400 ms gap (resumed_frames).
+    final_stop_ms: float | None = None
+    agent_silent_at_onset: bool = False  # the agent was already in a >= 400 ms gap
+    agent_frames_after_onset: int = 0  # loud agent frames heard between onset and stop
+    resumed_frames: int = 0  # loud agent frames after the stop, before the answer could start
+    answer_heard_ms: float | None = None  # phrase end -> first agent frame of the answer
+    engine_reaction_ms: list[float] = field(default_factory=list)
+    barge_ins: int = 0  # barge_in log lines for this call
+    barge_in_sources: dict[str, int] = field(default_factory=dict)
+    session_barge_ins: int | None = None  # conversation.barge_ins before hang-up
+    barge_in_attempts: int | None = None
+    missed: bool = False  # the engine never confirmed a barge-in for this interruption
+    soft_pauses: int = 0  # timeline soft_pause events
+    soft_resumes: int = 0  # timeline soft_resume events (engine-side false resumes)
+    provider_heard_caller: bool = False  # a user transcript came back from the provider
+    end_reason: str | None = None
+    # Evidence, in ms relative to the onset: arrival of each loud agent frame from 200 ms
+    # before the onset until the answer could start, and the engine's discrete timeline
+    # events (approximate: the engine's timeline starts when it accepted the leg).
+    heard_ms: list[int] = field(default_factory=list)
+    engine_events_ms: list[list[Any]] = field(default_factory=list)
+
+
+def answer_start(row: Row, onset: float, speech_end: float) -> tuple[float, bool]:
+    """Earliest arrival time that can belong to the agent's answer to the interruption.
+
+    From the engine's timeline when it has one: the first ``agent_on`` after its
+    barge-in (less 20 ms for the timeline's approximate alignment). Otherwise the
+    simulator's own floor: it answers no sooner than 600 ms after the caller's last
+    voiced frame (its end-of-speech hangover). The flag: the time is the engine's."""
+    barge = next((t for t, kind, _ in row.engine_events_ms if kind == "barge_in"), None)
+    if barge is not None:
+        on = next((t for t, kind, _ in row.engine_events_ms if kind == "agent_on" and t > barge), None)
+        if on is not None:
+            return onset + (on - 20) / 1000, True
+    return speech_end + ANSWER_FLOOR_S, False
+
+
+def caller_analysis(row: Row, leg: CallerLeg, connected_at: float, onset: float, speech_end: float) -> None:
+    loud = sorted(f.at for f in leg.audio_frames() if rms(f.payload) > AGENT_RMS)
+    if not loud:
+        row.error = "no agent audio received"
+        return
+    row.first_agent_ms = round((loud[0] - connected_at) * 1000, 1)
+    row.onset_after_agent_ms = round((onset - loud[0]) * 1000, 1)
+    # The agent's last speech frame of the interrupted turn: the last loud frame before
+    # the first gap of >= 400 ms that is not entirely over before the onset.
+    stop = None
+    for t, nxt in zip(loud, [*loud[1:], float("inf")]):
+        if nxt - t >= STOP_GAP_S and nxt > onset:
+            stop = t
+            break
+    if stop is None:  # unreachable: the last loud frame is followed by an infinite gap
+        row.error = "no agent stop found"
+        return
+    row.agent_silent_at_onset = stop < onset
+    row.reaction_ms = round(max(0.0, stop - onset) * 1000, 1)
+    row.agent_frames_after_onset = sum(1 for t in loud if onset <= t <= stop)
+    answer_at, answered = answer_start(row, onset, speech_end)
+    row.resumed_frames = sum(1 for t in loud if stop < t < answer_at)
+    final = max((t for t in loud if t < answer_at), default=stop)
+    row.final_stop_ms = round(max(0.0, final - onset) * 1000, 1)
+    row.heard_ms = [round((t - onset) * 1000) for t in loud if onset - 0.2 <= t < answer_at]
+    answer = [t for t in loud if t >= answer_at]
+    if answer and answered:
+        row.answer_heard_ms = round((answer[0] - speech_end) * 1000, 1)
+
+
+async def run_interruption(
+    app: App, capture: LogCapture, config: str, item: Interruption, *, tail_s: float, agent_timeout_s: float
+) -> Row:
+    assert app.audiosocket is not None and app.engine is not None
+    leg = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    row = Row(config, item.index, leg.call_uuid, item.phrase, item.level_rms, item.trigger_offset_ms)
+    frames = phrase_frames(item.phrase, item.level_rms)
+    row.phrase_ms = len(frames) * FRAME_MS
+    await leg.connect()
+    connected_at = time.monotonic()
+    start = connected_at
+    tick = 0
+    scanned = 0
+    first_agent: float | None = None
+    trigger: float | None = None
+    phrase_pos: int | None = None
+    onset: float | None = None
+    phrase_end: float | None = None
+    speech_end: float | None = None
+    while True:
+        now = time.monotonic()
+        if first_agent is None:
+            received = leg.received
+            for f in received[scanned:]:
+                if 0x10 <= f.kind <= 0x18 and rms(f.payload) > AGENT_RMS:
+                    first_agent = f.at
+                    trigger = first_agent + item.trigger_offset_ms / 1000
+                    break
+            scanned = len(received)
+            if first_agent is None and now - start > agent_timeout_s:
+                row.error = f"no agent audio within {agent_timeout_s:.0f} s"
+                break
+        if leg.closed_reason is not None:
+            row.error = f"leg closed early: {leg.closed_reason}"
+            break
+        if phrase_pos is None and trigger is not None and now >= trigger:
+            phrase_pos = 0
+        frame = ZERO_FRAME
+        if phrase_pos is not None and phrase_pos < len(frames):
+            frame = frames[phrase_pos]
+            phrase_pos += 1
+            if onset is None and rms(frame) > ONSET_RMS:
+                onset = now  # sent right now: the write below goes straight to the socket
+            if rms(frame) > VOICED_RMS:
+                speech_end = now + FRAME_S
+            if phrase_pos == len(frames):
+                phrase_end = now + FRAME_S
+        await leg.play(frame, realtime=False)
+        if phrase_end is not None and now >= phrase_end + tail_s:
+            break
+        tick += 1
+        delay = start + tick * FRAME_S - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # engine-side view of the call, before hang-up removes it
+    call = app.engine.call(leg.call_uuid)
+    if call is not None:
+        conv = call.session.conversation
+        row.session_barge_ins = conv.barge_ins
+        row.barge_in_attempts = conv.barge_in_attempts
+        kinds = Counter(event[1] for event in call.timeline.events)
+        row.soft_pauses = kinds.get("soft_pause", 0)
+        row.soft_resumes = kinds.get("soft_resume", 0)
+        if onset is not None:
+            shift = (onset - connected_at) * 1000
+            row.engine_events_ms = [
+                [round(t - shift), kind, value] for t, kind, value in call.timeline.events
+                if kind not in ("depth", "caller_energy")
+            ]
+    with contextlib.suppress(Exception):
+        await leg.hangup()
+    deadline = time.monotonic() + 5.0
+    while app.engine.call(leg.call_uuid) is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    for _ in range(50):  # the call_summary is logged as the call ends
+        if capture.for_call(leg.call_uuid, "call_summary"):
+            break
+        await asyncio.sleep(0.02)
+
+    events = capture.for_call(leg.call_uuid, "barge_in")
+    row.barge_ins = len(events)
+    row.barge_in_sources = dict(Counter(str(e.get("source")) for e in events))
+    row.engine_reaction_ms = [float(e["reaction_ms"]) for e in events if e.get("reaction_ms") is not None]
+    if row.error is None and onset is not None and speech_end is not None and phrase_end is not None:
+        caller_analysis(row, leg, connected_at, onset, speech_end)
+        row.missed = row.barge_ins == 0
+    elif row.error is None:
+        row.error = "phrase not sent"
+    row.provider_heard_caller = any(
+        e.get("role") == "user" for e in capture.for_call(leg.call_uuid, "transcript")
+    )
+    summary = capture.for_call(leg.call_uuid, "call_summary")
+    row.end_reason = summary[-1].get("end_reason") if summary else None
+    return row
+
+
+# ---------------------------------------------------------------------------------------
+# one configuration
+# ---------------------------------------------------------------------------------------
+
+
+def engine_settings(sim_url: str, barge_in: dict[str, Any]):
+    data = {
+        "mode": "audiosocket",
+        "default_provider": "deepgram",
+        "audiosocket": {"host": "127.0.0.1", "port": 0},
+        "http": {"enabled": False},
+        "history": {"enabled": False},
+        "barge_in": barge_in,
+        "providers": {"deepgram": {"url": sim_url, "api_key": "bench"}},
+    }
+    settings, missing = parse_settings(data, env={})
+    assert not missing, missing
+    return settings
+
+
+def metric_snapshot(app: App) -> dict[str, float]:
+    reg = app.metrics.registry
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return reg.get_sample_value(name, labels or {}) or 0.0
+
+    return {
+        "barge_ins_local": value("ai_agent_barge_ins_total", {"source": "local"}),
+        "barge_ins_provider": value("ai_agent_barge_ins_total", {"source": "provider"}),
+        "attempts": value("ai_agent_barge_in_attempts_total"),
+        "false_triggers": value("ai_agent_barge_in_false_triggers_total"),
+        "reaction_count": value("ai_agent_barge_in_reaction_seconds_count"),
+        "reaction_sum_s": value("ai_agent_barge_in_reaction_seconds_sum"),
+    }
+
+
+def summarize(rows: list[Row], metrics: dict[str, float]) -> dict[str, Any]:
+    ok = [r for r in rows if r.error is None]
+    caught = [r for r in ok if not r.missed and r.reaction_ms is not None]
+    caller = [r.reaction_ms for r in caught]
+    final = [r.final_stop_ms for r in caught if r.final_stop_ms is not None]
+    engine = [v for r in ok for v in r.engine_reaction_ms]
+    counted = Counter(r.barge_ins for r in rows)
+    missed = [r.index for r in ok if r.missed]
+    p95 = pct(caller, 95)
+    final_p95 = pct(final, 95)
+    failures = []
+    if p95 is None or p95 > TARGET_P95_MS:
+        failures.append(f"reaction p95 {p95} ms > {TARGET_P95_MS:.0f}")
+    if final_p95 is not None and final_p95 > TARGET_P95_MS:
+        failures.append(f"final stop p95 {final_p95} ms > {TARGET_P95_MS:.0f} (agent speech came back)")
+    if missed:
+        failures.append(f"{len(missed)} interruption(s) never confirmed")
+    if len(ok) != len(rows):
+        failures.append(f"{len(rows) - len(ok)} interruption(s) failed to run")
+    reaction_count = metrics["reaction_count"]
+    # The engine measures from the onset of the episode it confirmed: after a soft
+    # pause that resumed, that is a later episode than the caller's first word.
+    underreported = [
+        r.index for r in caught
+        if r.engine_reaction_ms and (r.final_stop_ms or 0) - r.engine_reaction_ms[0] > 50.0
+    ]
+    return {
+        "interruptions": len(rows),
+        "errors": [f"#{r.index}: {r.error}" for r in rows if r.error is not None],
+        "missed": missed,
+        "reaction_caller": stats_ms(caller),
+        "reaction_caller_final": stats_ms(final),
+        "reaction_engine": stats_ms(engine),
+        "engine_underreports": underreported,
+        "barge_ins_per_interruption": {str(k): v for k, v in sorted(counted.items())},
+        "exactly_one_barge_in": sum(1 for r in rows if r.barge_ins == 1),
+        "session_counts_agree": all(r.session_barge_ins == r.barge_ins for r in rows),
+        "soft_pauses": sum(r.soft_pauses for r in rows),
+        "false_resumes_engine": sum(r.soft_resumes for r in rows),
+        "resumed_on_caller_leg": [r.index for r in caught if r.resumed_frames > 0],
+        "agent_silent_at_onset": [r.index for r in ok if r.agent_silent_at_onset],
+        "provider_heard_caller": sum(1 for r in rows if r.provider_heard_caller),
+        "answer_heard": sum(1 for r in ok if r.answer_heard_ms is not None),
+        "onset_after_agent_ms": stats_ms([r.onset_after_agent_ms for r in ok if r.onset_after_agent_ms is not None]),
+        "metrics_delta": {
+            **{k: round(v, 4) for k, v in metrics.items()},
+            "reaction_mean_ms": round(metrics["reaction_sum_s"] / reaction_count * 1000, 1) if reaction_count else None,
+        },
+        "target": {
+            "reaction_p95_ms": TARGET_P95_MS,
+            "value": p95,
+            "final_value": final_p95,
+            "pass": not failures,
+            "failures": failures,
+        },
+    }
+
+
+async def run_config(
+    name: str, overrides: dict[str, Any], sim_url: str, capture: LogCapture, plan: list[Interruption],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    settings = engine_settings(sim_url, overrides)
+    app = App(settings)
+    await app.start()
+    try:
+        before = metric_snapshot(app)
+        rows: list[Row] = []
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def one(item: Interruption) -> Row:
+            async with sem:
+                try:
+                    row = await asyncio.wait_for(
+                        run_interruption(app, capture, name, item, tail_s=args.tail_s, agent_timeout_s=10.0),
+                        timeout=60.0,
+                    )
+                except TimeoutError:
+                    row = Row(name, item.index, "", item.phrase, item.level_rms, item.trigger_offset_ms,
+                              error="interruption timed out")
+                show = (
+                    f"{row.reaction_ms:6.1f} ms" if row.reaction_ms is not None else "   n/a   "
+                )
+                log(f"{name} #{item.index:02d} reaction {show} engine {row.engine_reaction_ms} "
+                    f"barge-ins {row.barge_ins} {row.barge_in_sources} level {item.level_rms} "
+                    f"resumed {row.resumed_frames} err {row.error}")
+                return row
+
+        rows = list(await asyncio.gather(*(one(item) for item in plan)))
+        after = metric_snapshot(app)
+    finally:
+        await app.stop()
+    delta = {k: after[k] - before[k] for k in after}
+    return {
+        "name": name,
+        "barge_in": settings.barge_in.model_dump(),
+        "summary": summarize(rows, delta),
+        "interruptions": [asdict(r) for r in rows],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, width: int = 6) -> str:
+    if value is None:
+        return "-".rjust(width)
+    if isinstance(value, float):
+        return f"{value:{width}.0f}"
+    return str(value).rjust(width)
+
+
+def table(configs: list[dict[str, Any]]) -> str:
+    lines = [
+        (
+            "barge-in reaction on the caller leg: onset of the caller's phrase -> the agent's last speech frame "
+            f"before a >= 400 ms gap (target p95 <= {TARGET_P95_MS:.0f} ms)"
+        ),
+        (
+            f"{'config':<11} {'n':>3} {'missed':>6} | {'p50':>5} {'p95':>5} {'max':>5} | {'final p95':>9} "
+            f"{'max':>5} | {'eng p50':>7} {'eng p95':>7} | {'barge-ins/int.':<14} | {'resumes eng/leg':>15} | target"
+        ),
+    ]
+    for c in configs:
+        s = c["summary"]
+        rc, rf, re_ = s["reaction_caller"], s["reaction_caller_final"], s["reaction_engine"]
+        per = ", ".join(f"{k}x{v}" for k, v in s["barge_ins_per_interruption"].items())
+        verdict = "PASS" if s["target"]["pass"] else "FAIL"
+        resumes = f"{s['false_resumes_engine']}/{len(s['resumed_on_caller_leg'])}"
+        lines.append(
+            f"{c['name']:<11} {s['interruptions']:>3} {len(s['missed']):>6} | {fmt(rc['p50_ms'], 5)} "
+            f"{fmt(rc['p95_ms'], 5)} {fmt(rc['max_ms'], 5)} | {fmt(rf['p95_ms'], 9)} {fmt(rf['max_ms'], 5)} | "
+            f"{fmt(re_['p50_ms'], 7)} {fmt(re_['p95_ms'], 7)} | {per:<14} | {resumes:>15} | {verdict}"
+        )
+    lines += [
+        "ms. missed: interruptions the engine never confirmed (left out of the percentiles, and a FAIL).",
+        "target: PASS needs p95 and final p95 <= the target, nothing missed and no errors.",
+        "final: onset -> the agent's last speech frame before its answer (differs when agent speech came back).",
+        "eng: the engine's own reaction_ms (barge_in log line). barge-ins/int. 'KxN': N interruptions counted K.",
+        "resumes eng/leg: soft pauses the engine resumed / interruptions whose caller heard agent speech again.",
+    ]
+    for c in configs:
+        for failure in c["summary"]["target"]["failures"]:
+            lines.append(f"  {c['name']}: {failure}")
+    return "\n".join(lines)
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    capture = LogCapture()
+    configure_logging("INFO", "json", {}, stream=capture)
+    plan = make_plan(
+        args.interruptions, seed=args.seed, trigger_s=args.trigger_s, jitter_ms=args.jitter_ms, levels=args.levels
+    )
+    for text in PHRASES:  # warm espeak-ng's cache off the measured path
+        synthesize(text, RATE)
+    sim = DeepgramSimulator(pattern="steady", speed=1.2, long_answer_s=10.0)
+    sim_url = await sim.start("127.0.0.1", 0)
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    configs = []
+    try:
+        for name in args.configs:
+            log(f"configuration {name}: {args.interruptions} interruptions, concurrency {args.concurrency}")
+            configs.append(await run_config(name, CONFIGS[name], sim_url, capture, plan, args))
+    finally:
+        await sim.stop()
+    if args.engine_log:
+        Path(args.engine_log).write_text("".join(json.dumps(r) + "\n" for r in capture.records))
+    return {
+        "bench": "barge_in",
+        "created": created,
+        "command": ["bench/barge_in.py", *args.argv],
+        "config": {
+            "interruptions": args.interruptions,
+            "concurrency": args.concurrency,
+            "seed": args.seed,
+            "trigger_s": args.trigger_s,
+            "jitter_ms": args.jitter_ms,
+            "tail_s": args.tail_s,
+            "phrases": list(PHRASES),
+            "levels_rms": list(args.levels),
+            "simulator": {"pattern": "steady", "speed": 1.2, "long_answer_s": 10.0},
+            "thresholds": {"onset_rms": ONSET_RMS, "agent_rms": AGENT_RMS, "stop_gap_ms": STOP_GAP_S * 1000},
+            "configs": list(args.configs),
+        },
+        "machine": machine_info(),
+        "git": git_info(),
+        "targets": {"reaction_p95_ms": TARGET_P95_MS},
+        "plan": [asdict(p) for p in plan],
+        "configurations": configs,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--interruptions", type=int, default=20, help="interruptions per configuration")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "barge_in.json"))
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated, from {', '.join(CONFIGS)}")
+    p.add_argument("--concurrency", type=int, default=1, help="interruptions (calls) in flight at once")
+    p.add_argument("--trigger-s", type=float, default=1.5, help="caller cuts in this long after the agent's first frame")
+    p.add_argument("--jitter-ms", type=float, default=300.0, help="+- variation of the cut-in point")
+    p.add_argument("--tail-s", type=float, default=2.0, help="silence after the phrase before hanging up")
+    p.add_argument("--levels", default=",".join(map(str, LEVELS)),
+                   help="caller phrase levels (active RMS) drawn from, comma-separated")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--engine-log", default=None, help="also write the captured engine/simulator log (JSON lines)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a configuration misses the target")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    try:
+        args.levels = tuple(int(v) for v in args.levels.split(",") if v.strip())
+    except ValueError:
+        p.error("--levels must be comma-separated integers")
+    if not args.levels or any(not 0 < v <= 20000 for v in args.levels):
+        p.error("--levels must be RMS values in 1..20000")
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown or not args.configs:
+        p.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    if args.interruptions < 1 or args.concurrency < 1:
+        p.error("--interruptions and --concurrency must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = asyncio.run(amain(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report["configurations"]))
+    print(f"wrote {out}")
+    failed = [c["name"] for c in report["configurations"] if not c["summary"]["target"]["pass"]]
+    return 1 if args.strict and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
