@@ -429,3 +429,32 @@ def test_a_gap_between_words_keeps_the_agent_held_and_confirms_from_the_first_on
     second_onset = start + 12
     assert run.index_of(D.CONFIRMED) == [second_onset + p.min_frames - 1]
     assert run.detector.stats.speech_onset == onset_time  # reaction counts from the first word
+
+
+def test_speech_heard_across_episodes_of_one_hold_confirms() -> None:
+    """A quiet caller whose words keep breaking the window still gets through."""
+    p = BargeInParams()
+    run = Run(p)
+    run.start_playback()
+    for _ in range(p.protection_frames + 5):
+        run.feed(silence(p))
+    start = len(run.decisions)
+    # bursts of 5 speech frames with 4-frame gaps: each episode is abandoned (4 misses
+    # > 3 allowed) but the next begins inside the hangover, so the agent stays held
+    for _ in range(8):
+        for frame in loud_speech_frames(p, 5):
+            run.feed(frame)
+        for _ in range(4):
+            run.feed(silence(p))
+    confirmed = run.index_of(D.CONFIRMED)
+    assert confirmed, "never confirmed"
+    assert [i for i in run.index_of(D.SOFT_PAUSE) if i < confirmed[0]] == [start + 2]
+    assert [i for i in run.index_of(D.RESUME) if i < confirmed[0]] == []
+    confirmed = confirmed[:1]
+    # speech counted after the soft pause: 2 in the first burst (the soft pause comes on
+    # its 3rd frame), then 5 per burst
+    bursts_needed = 1 + -(-(p.hold_confirm_frames - 2) // 5)
+    last_burst_start = start + (bursts_needed - 1) * 9
+    needed_in_last = p.hold_confirm_frames - 2 - 5 * (bursts_needed - 2)
+    assert confirmed == [last_burst_start + needed_in_last - 1]
+    assert run.detector.stats.speech_onset == run.now(start)

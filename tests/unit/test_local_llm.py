@@ -64,18 +64,24 @@ def test_keywords_are_whole_words_with_optional_prefix_star_and_regex() -> None:
     assert llm.match("byebye") == "Fallback."
     assert llm.match("what are the PRICES") == "Prices."
     assert llm.match("my Ordered  Number is") == "Order."
-    assert llm.match("can I talk   to someone") == "Human."  # any whitespace between words
+    assert (
+        llm.match("can I talk   to someone") == "Human."
+    )  # any whitespace between words
 
 
 def test_first_matching_rule_wins() -> None:
-    llm = ScriptedLLM([ScriptRule(["open"], "First."), ScriptRule(["open", "hours"], "Second.")])
+    llm = ScriptedLLM(
+        [ScriptRule(["open"], "First."), ScriptRule(["open", "hours"], "Second.")]
+    )
     assert llm.match("open hours") == "First."
     assert llm.match("hours") == "Second."
 
 
 def test_invalid_rules_name_their_position() -> None:
     with pytest.raises(ValueError, match=r"rules\[1\]\.match\[0\]"):
-        ScriptedLLM([ScriptRule(["ok"], "Fine."), ScriptRule(["re:(unclosed"], "Broken.")])
+        ScriptedLLM(
+            [ScriptRule(["ok"], "Fine."), ScriptRule(["re:(unclosed"], "Broken.")]
+        )
     with pytest.raises(ValueError, match=r"rules\[0\]\.match is empty"):
         ScriptedLLM([ScriptRule([], "Nothing.")])
 
@@ -84,39 +90,67 @@ async def test_scripted_reply_yields_sentences() -> None:
     llm = create_llm(LLMConfig())
     assert isinstance(llm, ScriptedLLM)
     sentences = await collect(llm.reply([], "what are your hours"))
-    assert sentences == ["We are open from nine to five, Monday to Friday.", "We are closed on weekends."]
+    assert sentences == [
+        "We are open from nine to five, Monday to Friday.",
+        "We are closed on weekends.",
+    ]
 
 
 # ---- sentence splitting ---------------------------------------------------------------
 
 
 def test_split_sentences() -> None:
-    assert split_sentences("Hi! How are you? I am fine.") == ["Hi!", "How are you?", "I am fine."]
-    assert split_sentences("It costs 3.50 dollars. Thanks") == ["It costs 3.50 dollars.", "Thanks"]
-    assert split_sentences("Ask Dr. Smith, e.g. today. Or not.") == ["Ask Dr. Smith, e.g. today.", "Or not."]
-    assert split_sentences('He said "wow!" Then left.') == ['He said "wow!"', "Then left."]
+    assert split_sentences("Hi! How are you? I am fine.") == [
+        "Hi!",
+        "How are you?",
+        "I am fine.",
+    ]
+    assert split_sentences("It costs 3.50 dollars. Thanks") == [
+        "It costs 3.50 dollars.",
+        "Thanks",
+    ]
+    assert split_sentences("Ask Dr. Smith, e.g. today. Or not.") == [
+        "Ask Dr. Smith, e.g. today.",
+        "Or not.",
+    ]
+    assert split_sentences('He said "wow!" Then left.') == [
+        'He said "wow!"',
+        "Then left.",
+    ]
     assert split_sentences("Really?! Yes... Sure.") == ["Really?!", "Yes...", "Sure."]
     assert split_sentences("line one\nline two") == ["line one", "line two"]
     assert split_sentences("   ") == []
-    assert split_sentences("Done.\n\n--\n* ") == ["Done."]  # bare punctuation is not spoken
+    assert split_sentences("Done.\n\n--\n* ") == [
+        "Done."
+    ]  # bare punctuation is not spoken
 
 
-def test_splitter_waits_for_the_space_after_the_full_stop() -> None:
+def test_splitter_streams_sentences_as_soon_as_they_end() -> None:
     splitter = SentenceSplitter()
     assert splitter.feed("It costs 3") == []
-    assert splitter.feed(".") == []  # could be 3.50
-    assert splitter.feed("50 dollars.") == []  # the end of the text is not yet known
-    assert splitter.feed(" Next") == ["It costs 3.50 dollars."]
+    assert splitter.feed(".") == []  # after a digit: could be 3.50
+    assert splitter.feed("50 dollars") == []
+    # After a letter: a sentence end, without waiting for the next token.
+    assert splitter.feed(".") == ["It costs 3.50 dollars."]
+    assert splitter.feed(" Ask Dr.") == []  # an abbreviation waits
+    assert splitter.feed(" Who") == []
+    assert splitter.feed("?") == ["Ask Dr. Who?"]
+    assert splitter.feed("!") == []  # a lone mark is not a sentence
+    assert splitter.feed(" Next") == []
     assert splitter.flush() == ["Next"]
     assert splitter.flush() == []
 
 
 def test_splitter_cuts_very_long_unpunctuated_text() -> None:
     splitter = SentenceSplitter(max_chars=40)
-    out = splitter.feed("one two three four five, six seven eight nine ten eleven twelve thirteen")
+    out = splitter.feed(
+        "one two three four five, six seven eight nine ten eleven twelve thirteen"
+    )
     assert out and all(len(s) <= 40 for s in out)
     assert out[0].endswith(",")
-    assert " ".join(out + splitter.flush()).replace("  ", " ").startswith("one two three")
+    assert (
+        " ".join(out + splitter.flush()).replace("  ", " ").startswith("one two three")
+    )
 
 
 # ---- SSE ---------------------------------------------------------------------------------
@@ -125,16 +159,38 @@ def test_splitter_cuts_very_long_unpunctuated_text() -> None:
 def sse_body(deltas: list[str], *, crlf: bool = False) -> bytes:
     eol = "\r\n" if crlf else "\n"
     parts = [": keep-alive comment" + eol + eol]
-    parts.append("data: " + json.dumps({"choices": [{"delta": {"role": "assistant"}}]}) + eol + eol)
+    parts.append(
+        "data: "
+        + json.dumps({"choices": [{"delta": {"role": "assistant"}}]})
+        + eol
+        + eol
+    )
     for d in deltas:
         parts.append("event: message" + eol)
-        parts.append("data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": d}}]}) + eol + eol)
-    parts.append("data: " + json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]}) + eol + eol)
+        parts.append(
+            "data: "
+            + json.dumps({"choices": [{"index": 0, "delta": {"content": d}}]})
+            + eol
+            + eol
+        )
+    parts.append(
+        "data: "
+        + json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+        + eol
+        + eol
+    )
     parts.append("data: [DONE]" + eol + eol)
     return "".join(parts).encode("utf-8")
 
 
-DELTAS = ["Caf\u00e9 opens at ", "nine \u2014 sharp", ". Then ", "we close at five.", " Bye", "!"]
+DELTAS = [
+    "Caf\u00e9 opens at ",
+    "nine \u2014 sharp",
+    ". Then ",
+    "we close at five.",
+    " Bye",
+    "!",
+]
 
 
 @pytest.mark.parametrize("crlf", [False, True])
@@ -150,7 +206,7 @@ def test_sse_parser_survives_every_split_point(crlf: bool) -> None:
 
 
 def test_sse_parser_byte_by_byte_and_multiline_data() -> None:
-    body = b"data: first\ndata: second\n\nretry: 10\nid: 7\ndata:{\"x\":1}\n\ndata: tail-without-blank-line"
+    body = b'data: first\ndata: second\n\nretry: 10\nid: 7\ndata:{"x":1}\n\ndata: tail-without-blank-line'
     parser = SSEParser()
     events: list[str] = []
     for i in range(len(body)):
@@ -222,17 +278,28 @@ async def server() -> AsyncIterator[FakeServer]:
 
 
 def client(url: str, **overrides: Any) -> OpenAICompatibleLLM:
-    return OpenAICompatibleLLM(LLMConfig(kind="openai_compatible", base_url=url, model="tiny", **overrides))
+    return OpenAICompatibleLLM(
+        LLMConfig(kind="openai_compatible", base_url=url, model="tiny", **overrides)
+    )
 
 
 async def test_streams_sentences_and_sends_history(server: FakeServer) -> None:
-    llm = client(server.url + "/", api_key="sk-local", system_prompt="Be brief.", temperature=0.2)
-    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
+    llm = client(
+        server.url + "/", api_key="sk-local", system_prompt="Be brief.", temperature=0.2
+    )
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
     try:
         sentences = await collect(llm.reply(history, "when do you open?"))
     finally:
         await llm.aclose()
-    assert sentences == ["Caf\u00e9 opens at nine \u2014 sharp.", "Then we close at five.", "Bye!"]
+    assert sentences == [
+        "Caf\u00e9 opens at nine \u2014 sharp.",
+        "Then we close at five.",
+        "Bye!",
+    ]
     request = server.requests[0]
     assert request["stream"] is True and request["model"] == "tiny"
     assert request["temperature"] == 0.2 and request["max_tokens"] == 200
@@ -291,7 +358,9 @@ async def test_error_object_inside_the_stream(server: FakeServer) -> None:
 
 async def test_non_streaming_json_answer_is_accepted(server: FakeServer) -> None:
     async def whole(request: web.Request) -> web.Response:
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "One. Two."}}]})
+        return web.json_response(
+            {"choices": [{"message": {"role": "assistant", "content": "One. Two."}}]}
+        )
 
     server.handler = whole
     llm = client(server.url)

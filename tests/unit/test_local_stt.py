@@ -20,19 +20,25 @@ import numpy as np
 import pytest
 import soxr
 
-from voiceline.providers.local.llm import DEFAULT_RULES, DEFAULT_SCRIPT_PHRASES, ScriptedLLM
+from voiceline.providers.local.llm import (
+    DEFAULT_RULES,
+    DEFAULT_SCRIPT_PHRASES,
+    ScriptedLLM,
+)
 from voiceline.providers.local.stt import (
     PocketSphinxRecognizer,
+    StreamingSTT,
     STTConfig,
     STTError,
-    StreamingSTT,
     build_phrase_model,
     check_model,
     create_decoder,
 )
 from voiceline.providers.local.tts import wav_to_samples
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
+)
 
 RATE = 8000
 HOURS = "nine to five"
@@ -77,7 +83,9 @@ SCRIPT = ScriptedLLM(DEFAULT_RULES)
     ],
 )
 @pytest.mark.parametrize("speed", [140, 170])
-def test_general_model_hears_the_keyword(question: str, keyword: str, answer: str, speed: int) -> None:
+def test_general_model_hears_the_keyword(
+    question: str, keyword: str, answer: str, speed: int
+) -> None:
     text = general().transcribe(caller(question, speed))
     assert any(word.startswith(keyword) for word in text.split()), text
     assert answer in SCRIPT.match(text)
@@ -85,7 +93,12 @@ def test_general_model_hears_the_keyword(question: str, keyword: str, answer: st
 
 @pytest.mark.parametrize(
     "question",
-    ["what are your opening hours", "what is your address", "how do i get there", "goodbye"],
+    [
+        "what are your opening hours",
+        "what is your address",
+        "how do i get there",
+        "goodbye",
+    ],
 )
 def test_phrase_model_recognises_the_script_word_for_word(question: str) -> None:
     assert phrases().transcribe(caller(question, 160)) == question
@@ -97,7 +110,9 @@ def test_20ms_feeding_equals_one_shot() -> None:
     one_shot = rec.transcribe(audio)
     rec.start()
     pos = 0
-    for size in [319, 321, 0] * (len(audio) // 640 + 1):  # odd sizes: a byte is carried over
+    for size in [319, 321, 0] * (
+        len(audio) // 640 + 1
+    ):  # odd sizes: a byte is carried over
         rec.feed(audio[pos : pos + size])
         pos += size
     assert pos >= len(audio)
@@ -131,13 +146,18 @@ def test_grammar_mode(tmp_path: Path) -> None:
         "#JSGF V1.0;\ngrammar faq;\npublic <q> = what are your opening hours | where are you located | goodbye;\n"
     )
     rec = PocketSphinxRecognizer(STTConfig(grammar=str(grammar)), RATE)
-    assert rec.transcribe(caller("what are your opening hours")) == "what are your opening hours"
+    assert (
+        rec.transcribe(caller("what are your opening hours"))
+        == "what are your opening hours"
+    )
 
 
 def test_phrase_model_drops_words_missing_from_the_dictionary(tmp_path: Path) -> None:
     dictionary = tmp_path / "tiny.dict"
     dictionary.write_text("hello HH AH L OW\nhello(2) HH EH L OW\nworld W ER L D\n")
-    lm, dict_path = build_phrase_model(["Hello, world!", "hello zorblax"], str(dictionary), str(tmp_path))
+    lm, dict_path = build_phrase_model(
+        ["Hello, world!", "hello zorblax"], str(dictionary), str(tmp_path)
+    )
     assert Path(dict_path).read_text().splitlines() == [
         "hello HH AH L OW",
         "hello(2) HH EH L OW",
@@ -151,7 +171,11 @@ def test_phrase_model_drops_words_missing_from_the_dictionary(tmp_path: Path) ->
 def test_missing_model_files_are_reported_with_a_fix(tmp_path: Path) -> None:
     assert check_model(STTConfig()) is None
     problem = check_model(STTConfig(model=str(tmp_path / "nope")))
-    assert problem is not None and "stt.model" in problem and "reinstall pocketsphinx" in problem
+    assert (
+        problem is not None
+        and "stt.model" in problem
+        and "reinstall pocketsphinx" in problem
+    )
     problem = check_model(STTConfig(grammar=str(tmp_path / "none.gram")))
     assert problem is not None and "stt.grammar" in problem
     with pytest.raises(STTError, match="acoustic model not found"):

@@ -21,7 +21,9 @@ from voiceline.providers.local.tts import (
     wav_to_samples,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
+)
 
 SENTENCE = "We are open from nine to five, Monday to Friday."  # 10 words
 
@@ -52,7 +54,9 @@ async def test_rates_agree_and_speed_changes_duration() -> None:
     d8 = seconds(await EspeakTTS(TTSConfig(), 8000).synthesize(SENTENCE), 8000)
     d16 = seconds(await EspeakTTS(TTSConfig(), 16000).synthesize(SENTENCE), 16000)
     assert abs(d8 - d16) < 0.01  # same speech, only resampled
-    slow = seconds(await EspeakTTS(TTSConfig(speed=110), 8000).synthesize(SENTENCE), 8000)
+    slow = seconds(
+        await EspeakTTS(TTSConfig(speed=110), 8000).synthesize(SENTENCE), 8000
+    )
     assert slow > d8 * 1.3
 
 
@@ -82,13 +86,17 @@ async def test_markup_is_not_spoken_and_empty_text_is_silent() -> None:
 
 
 async def test_text_starting_with_a_dash_is_text_not_an_option() -> None:
-    pcm = await EspeakTTS(TTSConfig(), 8000).synthesize("-v is not a voice option here.")
+    pcm = await EspeakTTS(TTSConfig(), 8000).synthesize(
+        "-v is not a voice option here."
+    )
     assert seconds(pcm, 8000) > 1.0
 
 
 async def test_missing_binary_and_unknown_voice_raise_tts_error() -> None:
     with pytest.raises(TTSError, match="apt-get install espeak-ng"):
-        await EspeakTTS(TTSConfig(espeak_binary="/nonexistent/espeak-ng"), 8000).synthesize("hi")
+        await EspeakTTS(
+            TTSConfig(espeak_binary="/nonexistent/espeak-ng"), 8000
+        ).synthesize("hi")
     with pytest.raises(TTSError, match="exit 1"):
         await EspeakTTS(TTSConfig(voice="nosuchvoice"), 8000).synthesize("hi")
 

@@ -17,7 +17,9 @@ from voiceline.providers.local.vad import (
     SpeechStart,
 )
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
+)
 
 
 def espeak(text: str, rate: int, speed: int = 165) -> np.ndarray:
@@ -36,7 +38,9 @@ def frames_of(signal: np.ndarray, rate: int, frame_ms: int = 20) -> list[bytes]:
     return [signal[i * n : (i + 1) * n].astype("<i2").tobytes() for i in range(count)]
 
 
-def run(detector: EndOfUtteranceDetector, frames: list[bytes]) -> list[tuple[int, object]]:
+def run(
+    detector: EndOfUtteranceDetector, frames: list[bytes]
+) -> list[tuple[int, object]]:
     events = []
     for i, frame in enumerate(frames):
         event = detector.process(frame)
@@ -47,7 +51,10 @@ def run(detector: EndOfUtteranceDetector, frames: list[bytes]) -> list[tuple[int
 
 def energy_bounds(frames: list[bytes], threshold: float = 300.0) -> tuple[int, int]:
     """First and last frame whose RMS exceeds ``threshold`` (about -40 dBFS)."""
-    rms = [np.sqrt(np.mean(np.frombuffer(f, dtype="<i2").astype(float) ** 2)) for f in frames]
+    rms = [
+        np.sqrt(np.mean(np.frombuffer(f, dtype="<i2").astype(float) ** 2))
+        for f in frames
+    ]
     active = [i for i, r in enumerate(rms) if r > threshold]
     return active[0], active[-1]
 
@@ -58,7 +65,9 @@ def test_speech_between_silences_gives_one_onset_and_one_end(rate: int) -> None:
     # 1 s silence, a sentence with a comma and a full stop (pauses well under
     # 600 ms), 1.5 s silence.
     speech = espeak("Hello there. This is a test, with a short pause.", rate)
-    signal = np.concatenate([np.zeros(rate, "<i2"), speech, np.zeros(rate * 3 // 2, "<i2")])
+    signal = np.concatenate(
+        [np.zeros(rate, "<i2"), speech, np.zeros(rate * 3 // 2, "<i2")]
+    )
     frames = frames_of(signal, rate)
     first, last = energy_bounds(frames)
     assert first in (50, 51)  # the speech starts right after the 50 silent frames
@@ -97,7 +106,12 @@ def test_two_utterances_separated_by_a_long_pause() -> None:
     gap = np.zeros(rate, "<i2")  # 1 s > 600 ms
     signal = np.concatenate([gap, a, gap, b, gap])
     events = run(EndOfUtteranceDetector(sample_rate=rate), frames_of(signal, rate))
-    assert [type(e) for _, e in events] == [SpeechStart, SpeechEnd, SpeechStart, SpeechEnd]
+    assert [type(e) for _, e in events] == [
+        SpeechStart,
+        SpeechEnd,
+        SpeechStart,
+        SpeechEnd,
+    ]
     assert events[2][1].start_frame > events[1][1].end_frame  # type: ignore[attr-defined]
 
 
@@ -117,7 +131,9 @@ def test_silence_and_quiet_noise_give_no_events() -> None:
 def scripted(pattern: str, **kwargs: int) -> list[tuple[int, object]]:
     """Run the detector over a pattern: 'S' speech frame, '.' silence frame."""
     decisions = iter(pattern)
-    detector = EndOfUtteranceDetector(is_speech=lambda _f: next(decisions) == "S", **kwargs)
+    detector = EndOfUtteranceDetector(
+        is_speech=lambda _f: next(decisions) == "S", **kwargs
+    )
     frame = b"\x00" * detector.frame_bytes
     return run(detector, [frame] * len(pattern))
 
@@ -134,7 +150,9 @@ def test_pauses_shorter_than_end_of_utterance_do_not_end_the_turn() -> None:
     events = scripted(pattern)
     assert len(events) == 2
     i_end, end = events[1]
-    assert end == SpeechEnd(start_frame=0, end_frame=39, confirmed_frame=68, frame_ms=20)
+    assert end == SpeechEnd(
+        start_frame=0, end_frame=39, confirmed_frame=68, frame_ms=20
+    )
     assert i_end == 68
 
 
@@ -156,7 +174,10 @@ def test_max_utterance_forces_an_end() -> None:
     end = events[1][1]
     assert isinstance(end, SpeechEnd) and end.forced and not end.too_short
     assert end.confirmed_frame == 49 and end.end_frame == 50
-    assert events[2] == (54, SpeechStart(start_frame=50, confirmed_frame=54, frame_ms=20))
+    assert events[2] == (
+        54,
+        SpeechStart(start_frame=50, confirmed_frame=54, frame_ms=20),
+    )
 
 
 def test_rejects_wrong_frame_size_and_bad_settings() -> None:

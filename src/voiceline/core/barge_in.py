@@ -163,6 +163,11 @@ class BargeInParams:
     # audio leak out between the words. Measured on the lab: without it the caller
     # heard agent frames ~270 and ~510 ms after their onset; with it, none after ~60 ms.
     resume_hangover_ms: int = 200
+    # While the agent is held (soft pause), speech frames are added up over every
+    # episode of the hold; this many confirm even if no single window did. Found by
+    # the barge-in bench: a quiet caller (RMS ~2000, half the frames under the energy
+    # threshold) kept the agent held for a whole sentence without ever confirming.
+    hold_confirm_ms: int = 400
 
     def __post_init__(self) -> None:
         if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
@@ -230,6 +235,10 @@ class BargeInParams:
     def soft_pause_frames(self) -> int:
         """Speech frames before SOFT_PAUSE; 0 = soft pause off."""
         return _frames_for(self.soft_pause_ms, self.frame_ms)
+
+    @property
+    def hold_confirm_frames(self) -> int:
+        return _frames_for(self.hold_confirm_ms, self.frame_ms)
 
     @property
     def resume_hangover_frames(self) -> int:
@@ -332,6 +341,7 @@ class BargeInDetector:
         # onset of the first episode of the hold (reaction time counts from it)
         self._hangover_left = 0
         self._hold_onset: float | None = None
+        self._hold_speech = 0  # speech frames heard since the soft pause, over all episodes
 
     # ------------------------------------------------------------------ playback events
 
@@ -355,6 +365,7 @@ class BargeInDetector:
     def _end_hold(self) -> None:
         self._hangover_left = 0
         self._hold_onset = None
+        self._hold_speech = 0
 
     @property
     def noise_floor(self) -> float:
@@ -412,6 +423,7 @@ class BargeInDetector:
             return Decision.SPEECH_CANDIDATE  # still holding the agent
         self.soft_paused = False
         self._hold_onset = None
+        self._hold_speech = 0
         self.stats.false_triggers += 1
         return Decision.RESUME
 
@@ -460,6 +472,12 @@ class BargeInDetector:
         self._episode_frames += 1
         if speech:
             self._episode_speech += 1
+            if self.soft_paused:
+                self._hold_speech += 1
+                if self._hold_speech >= self.params.hold_confirm_frames:
+                    # A quiet caller whose words keep breaking the window: enough
+                    # speech was heard while the agent was held; that is an interruption.
+                    return self._confirm(now)
         else:
             self._episode_misses += 1
             if self._episode_misses > self._allowed_misses:
@@ -478,6 +496,7 @@ class BargeInDetector:
         self.stats.confirmed_at = now
         self._reset_episode()
         self._hold_onset = None
+        self._hold_speech = 0
         self._cooldown_left = self.params.cooldown_frames
         return Decision.CONFIRMED
 

@@ -25,6 +25,7 @@ Per call, ``LocalAgentSession``:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import time
@@ -281,6 +282,7 @@ class LocalAgentSession(ProviderSession):
         self._active_turn = 0  # the only turn allowed to emit agent audio; 0 = none
         self._started = False
         self._closed = False
+        self._deaf = False  # set when the recognizer died
         self._log = log.bind(call_id=ctx.call_id)
         self.turn_timings: list[TurnTimings] = []  # answered turns, oldest first
 
@@ -303,10 +305,16 @@ class LocalAgentSession(ProviderSession):
         self._started = True
 
     async def send_audio(self, audio: bytes) -> None:
-        if not self._started or self._closed:
+        if not self._started or self._closed or self._deaf:
             return
-        for frame in self._frames.feed(audio):
-            self._on_frame(frame)
+        try:
+            for frame in self._frames.feed(audio):
+                self._on_frame(frame)
+        except STTError as exc:
+            # The recognizer's worker is gone: this call can no longer hear the caller.
+            self._deaf = True
+            self._log.error("speech recognizer unavailable", error=str(exc))
+            self._post(ProviderError(str(exc), code="stt_error", fatal=True))
 
     async def interrupt(self, played_ms: float | None = None) -> None:
         if self._active_turn:
@@ -417,6 +425,17 @@ class LocalAgentSession(ProviderSession):
         except STTError as exc:
             self._log.error("speech recognition failed", error=str(exc))
             self._post(ProviderError(str(exc), code="stt_error"))
+            return
+        except concurrent.futures.BrokenExecutor as exc:
+            self._deaf = True
+            self._log.error("speech recognizer worker died", error=str(exc))
+            self._post(
+                ProviderError(
+                    f"speech recognizer worker died: {exc}",
+                    code="stt_error",
+                    fatal=True,
+                )
+            )
             return
         timings.transcript = self._clock()
         if not text:

@@ -198,6 +198,8 @@ _ABBREVIATIONS = frozenset(
 )
 _LAST_WORD = re.compile(r"([\w.]+)\.$")
 _SPEAKABLE = re.compile(r"\w")  # pieces of bare punctuation are not sentences
+# Terminal punctuation right after a letter, at the end of the text received so far.
+_TAIL_END = re.compile(r"(?<=[^\W\d_])[.!?\u2026]+$")
 
 
 class SentenceSplitter:
@@ -231,6 +233,10 @@ class SentenceSplitter:
                 out.append(sentence)
             pos = search_from = m.end()
         self._buf = self._buf[pos:].lstrip()
+        if _TAIL_END.search(self._buf) and not self._is_abbreviation(self._buf):
+            sentence, self._buf = self._buf.strip(), ""
+            if _SPEAKABLE.search(sentence):
+                out.append(sentence)
         while len(self._buf) > self.max_chars:
             cut = max(
                 self._buf.rfind(", ", 0, self.max_chars),

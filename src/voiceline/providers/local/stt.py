@@ -349,14 +349,23 @@ class StreamingSTT:
     every call; measured on the lab: 40-200 ms holes in the caller's RTP while the
     recognizer ran on a thread, none with the process. ``begin``/``feed``/``abort``
     only queue work and return at once; ``finish`` returns a future of the
-    transcript. One worker keeps submission order.
+    transcript. One worker keeps submission order. Audio is sent to the worker in
+    batches of ``batch_bytes`` (and whatever is left at ``finish``), not one
+    inter-process message per 20 ms frame. A worker that cannot start or dies
+    surfaces as ``STTError``.
     """
 
     def __init__(
-        self, factory: Callable[[], PocketSphinxRecognizer], *, name: str = "stt"
+        self,
+        factory: Callable[[], PocketSphinxRecognizer],
+        *,
+        name: str = "stt",
+        batch_bytes: int = 3200,
     ) -> None:
         self._factory = factory
         self._name = name
+        self._batch_bytes = batch_bytes
+        self._pending = bytearray()
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._closed = False
 
@@ -368,25 +377,45 @@ class StreamingSTT:
             initargs=(self._factory,),
         )
         # Fails here (not on the first utterance) if the model cannot load.
-        await asyncio.wrap_future(self._executor.submit(_worker_call, "abort"))
+        try:
+            await asyncio.wrap_future(self._submit("abort"))
+        except concurrent.futures.BrokenExecutor as exc:
+            self.close()
+            raise STTError(
+                f"speech recognizer worker failed to start (model load?): {exc}"
+            ) from exc
 
     def _submit(self, method: str, *args: Any) -> concurrent.futures.Future[Any]:
         if self._closed or self._executor is None:
             raise STTError("speech recognizer is not open")
-        return self._executor.submit(_worker_call, method, *args)
+        try:
+            return self._executor.submit(_worker_call, method, *args)
+        except concurrent.futures.BrokenExecutor as exc:
+            raise STTError(f"speech recognizer worker died: {exc}") from exc
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._submit("feed", data)
 
     def begin(self, pcm: bytes = b"") -> None:
+        self._pending = bytearray()
         self._submit("start")
-        if pcm:
-            self._submit("feed", pcm)
+        self.feed(pcm)
 
     def feed(self, pcm: bytes) -> None:
-        self._submit("feed", pcm)
+        if self._closed or self._executor is None:
+            raise STTError("speech recognizer is not open")
+        self._pending += pcm
+        if len(self._pending) >= self._batch_bytes:
+            self._flush()
 
     def finish(self) -> asyncio.Future[str]:
+        self._flush()
         return asyncio.wrap_future(self._submit("finish"))
 
     def abort(self) -> None:
+        self._pending = bytearray()
         self._submit("abort")
 
     @property
@@ -397,6 +426,7 @@ class StreamingSTT:
         if self._closed:
             return
         self._closed = True
+        self._pending = bytearray()
         # Queued work is dropped; the worker process exits after a decode in progress.
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
