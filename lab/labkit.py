@@ -235,6 +235,12 @@ class AsteriskLab:
             _run_script("stop.sh", timeout=60)
             self._owned = False
 
+    def force_stop(self) -> None:
+        """Stop Asterisk even if another user of the lab started it (restart tests);
+        a later ``start()`` starts it afresh and owns it."""
+        _run_script("stop.sh", timeout=60)
+        self._owned = False
+
     def __enter__(self) -> Self:
         return self.start()
 

@@ -63,7 +63,7 @@ def test_echo_call_returns_audio_and_cleans_up(asterisk, engine, tmp_path, mode,
 
 def test_engine_survives_asterisk_restart(asterisk, engine, tmp_path):
     proc = engine(mode="ari", provider="echo")
-    asterisk.stop()
+    asterisk.force_stop()
     proc.wait_for("ari.events.disconnected", timeout=10)
     asterisk.start()
     proc.wait_for("ari.events.reconnected", timeout=20)
