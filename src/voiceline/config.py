@@ -82,7 +82,7 @@ class AudioSocketSettings(_Strict):
 
         for item in value:
             try:
-                ipaddress.ip_network(item, strict=False)
+                ipaddress.ip_network(item, strict=True)
             except ValueError as exc:
                 raise ValueError(f"{item!r} is not an IP address or network: {exc}") from None
         return value
@@ -212,6 +212,13 @@ def _default_rules() -> list[LocalScriptRule]:
     return [LocalScriptRule(match=list(r.match), reply=r.reply) for r in DEFAULT_RULES]
 
 
+def _local_default(module: str, name: str):
+    """A default of the local agent, taken from its own module so the two cannot drift."""
+    import importlib
+
+    return getattr(importlib.import_module(f"voiceline.providers.local.{module}"), name)
+
+
 def _default_phrases() -> list[str]:
     # The scripted FAQ line is the default LLM, so recognition defaults to a small
     # language model of the questions it answers: far more accurate on phone audio.
@@ -231,7 +238,7 @@ class LocalLLMSettings(_Strict):
     base_url: str = Field("http://127.0.0.1:11434/v1", description="OpenAI-style API root (Ollama, llama.cpp, vLLM)")
     model: str = ""
     api_key: SecretStr = SecretStr("")
-    system_prompt: str = "You are a helpful phone assistant. Answer in one or two short sentences."
+    system_prompt: str = Field(default_factory=lambda: _local_default("llm", "DEFAULT_SYSTEM_PROMPT"))
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int | None = Field(200, gt=0)
     timeout_s: float = Field(20.0, gt=0)
@@ -267,8 +274,8 @@ class LocalProviderSettings(_Strict):
     end_of_utterance_ms: int = Field(600, ge=20)
     min_utterance_ms: int = Field(250, ge=0)
     max_utterance_ms: int = Field(20000, gt=0)
-    greeting: str | None = "Hello, this is the voiceline demo agent. How can I help you?"
-    apology: str = "Sorry, I am having trouble answering right now."
+    greeting: str | None = Field(default_factory=lambda: _local_default("agent", "DEFAULT_GREETING"))
+    apology: str = Field(default_factory=lambda: _local_default("agent", "DEFAULT_APOLOGY"))
     chunk_ms: int = Field(100, gt=0)
     llm: LocalLLMSettings = Field(default_factory=LocalLLMSettings)
     tts: LocalTTSSettings = Field(default_factory=LocalTTSSettings)

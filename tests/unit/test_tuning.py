@@ -95,9 +95,18 @@ def test_pause_suggestion_respects_the_frame_size():
     assert hint.suggested == 180  # 170 -> next multiple of 30
 
 
-def test_pause_of_unmeasured_length_still_adds_one_frame():
-    hint = only(tuning_hints(clean(pauses=1, silence_frames_inserted=0, depth_min=0), DEFAULTS))
+def test_pause_of_a_very_short_resumed_gap_still_adds_one_frame():
+    hint = only(tuning_hints(clean(pauses=1, pause_durations_ms=(5.0,), silence_frames_inserted=0,
+                                   depth_min=0), DEFAULTS))
     assert (hint.current, hint.suggested) == (120, 140)
+
+
+def test_pause_that_never_resumed_asks_for_no_buffering_change():
+    # The provider stopped sending without ending its turn (echo after the caller went
+    # quiet): no gap was heard inside speech, so min_start_ms is not the fix.
+    hints = tuning_hints(clean(pauses=1, silence_frames_inserted=0, depth_min=0), DEFAULTS)
+    assert all(h.key != "streaming.min_start_ms" or h.suggested is None or h.suggested < 120 for h in hints)
+    assert not any("pause(s)" in h.reason and "raise" in h.reason for h in hints)
 
 
 def test_pauses_at_the_cap_already_point_at_the_provider():

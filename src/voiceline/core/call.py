@@ -143,6 +143,7 @@ class Call:
             await self.provider.start()
         except Exception as exc:  # any failure to connect ends this call only
             self.counters.provider_errors += 1
+            self._metrics.provider_error(self.session.provider_name)
             log.error("provider_start_failed", call_id=call_id, provider=self.session.provider_name, error=str(exc))
             await self._end_call(call_id, f"provider start failed: {exc}")
             return

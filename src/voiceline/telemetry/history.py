@@ -513,7 +513,7 @@ def format_call_list(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def format_call(row: Mapping[str, Any]) -> str:
-    """The whole record, readable, for ``voiceline call CALL_ID``."""
+    """The whole record, readable, for ``voiceline calls show CALL_ID``."""
     lines = [f"call {row.get('call_id')}"]
     for key in ("started_at", "ended_at", "duration_s", "mode", "provider", "end_reason", "caller_id"):
         value = row.get(key)

@@ -35,7 +35,7 @@ class Metrics:
             "ai_agent_streaming_restarts_total", "Streams started more than once in one turn", registry=r
         )
         self.fallbacks_total = Counter(
-            "ai_agent_streaming_fallbacks_total", "Turns finished through ARI file playback", registry=r
+            "ai_agent_streaming_fallbacks_total", "Turns that stalled past fallback_timeout_ms (handed to file playback in ari mode)", registry=r
         )
         self.late_chunks_total = Counter(
             "ai_agent_streaming_late_chunks_dropped_total", "Agent chunks dropped after the grace", registry=r

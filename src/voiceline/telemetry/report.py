@@ -10,8 +10,8 @@ kind                value
 ==================  ===============================================================
 ``depth``           whole frames queued for the caller (sampled, ≥ 200 ms apart)
 ``caller_energy``   caller audio level in dBFS, -96.0 .. 0.0 (sampled, ≥ 100 ms apart)
-``agent_on``        None — agent audio started reaching the caller
-``agent_off``       None — agent audio stopped (turn ended, flushed or fell back)
+``agent_on``        turn id — agent audio started reaching the caller
+``agent_off``       turn id — agent audio stopped (turn ended, flushed or fell back)
 ``pause``           depth (frames) when the stream paused
 ``resume``          pause length in ms
 ``fallback``        turn id handed to file playback

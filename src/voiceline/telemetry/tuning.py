@@ -203,6 +203,11 @@ def _fallbacks(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
 def _pauses(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     if n.pauses <= 0:
         return None
+    if not n.pause_durations_ms and n.silence_frames_inserted == 0:
+        # Paused and never resumed: the provider stopped sending without closing its
+        # turn (echo after the caller went quiet, a stall that fell back). No gap was
+        # heard inside speech, so buffering more would not have helped.
+        return None
     current = p.min_start_ms
     if n.pause_durations_ms:
         stall_ms = max(n.pause_durations_ms)
