@@ -115,7 +115,11 @@ def espeak_children() -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-async def test_cancelling_kills_the_espeak_process() -> None:
+@pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.1, 0.3])
+async def test_cancelling_kills_the_espeak_process(delay_s: float) -> None:
+    # Cancel at several points of a long synthesis (~1 MB of WAV): the call
+    # must return promptly (an unread, paused stdout pipe used to hang it) and
+    # leave no espeak-ng process behind.
     tts = EspeakTTS(TTSConfig(), 8000, cache_size=0)
     task = asyncio.create_task(tts.synthesize("A long sentence. " * 400))
     for _ in range(100):  # wait until espeak-ng runs (bounded)
@@ -123,9 +127,18 @@ async def test_cancelling_kills_the_espeak_process() -> None:
         if espeak_children():
             break
     assert espeak_children()
+    await asyncio.sleep(delay_s)
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert done, "cancelling the synthesis hung"
+    assert task.cancelled()
+    assert espeak_children() == []
+
+
+async def test_timeout_kills_the_espeak_process() -> None:
+    tts = EspeakTTS(TTSConfig(timeout_s=0.05), 8000, cache_size=0)
+    with pytest.raises(TTSError, match="longer than 0.05 s"):
+        await asyncio.wait_for(tts.synthesize("A long sentence. " * 400), 5)
     assert espeak_children() == []
 
 

@@ -97,6 +97,7 @@ DEFAULT_APOLOGY = (
 
 _VAD_FRAME_MS = 20
 _PREROLL_MS = 200  # audio before the confirmed onset run handed to the recogniser too
+_TTS_AHEAD = 2  # sentences synthesised concurrently within one turn
 
 
 @dataclass
@@ -466,9 +467,16 @@ class LocalAgentSession(ProviderSession):
             asyncio.Queue()
         )
         synths: list[asyncio.Task[bytes]] = []
+        # A fast LLM may deliver many sentences at once: synthesise a few ahead,
+        # not one espeak-ng process per sentence all at the same time.
+        slots = asyncio.Semaphore(_TTS_AHEAD)
+
+        async def synthesize_one(sentence: str) -> bytes:
+            async with slots:
+                return await self._tts.synthesize(sentence)
 
         def synthesize(sentence: str) -> asyncio.Task[bytes]:
-            task = asyncio.create_task(self._tts.synthesize(sentence))
+            task = asyncio.create_task(synthesize_one(sentence))
             synths.append(task)
             return task
 

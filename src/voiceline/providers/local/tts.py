@@ -10,6 +10,7 @@ their first use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import shutil
@@ -140,21 +141,36 @@ class EspeakTTS:
             ) from exc
         except OSError as exc:
             raise TTSError(f"cannot run {self.config.espeak_binary}: {exc}") from exc
+        # communicate() runs as its own task, shielded: when this call is cancelled
+        # or times out, the process is killed and communicate() still reads its
+        # pipes to EOF. (Killing it and awaiting proc.wait() instead can hang for
+        # ever: once nobody reads, asyncio pauses the full stdout pipe and never
+        # sees the EOF that wait() needs.)
+        talk = asyncio.ensure_future(proc.communicate(text.encode("utf-8")))
+        talk.add_done_callback(_consume_result)
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                out, err = await proc.communicate(text.encode("utf-8"))
-        except TimeoutError as exc:
-            raise TTSError(
-                f"espeak-ng took longer than {self.config.timeout_s:g} s"
-            ) from exc
-        finally:
-            # Cancelled or timed out: do not leave the process running.
+                out, err = await asyncio.shield(talk)
+        except BaseException as exc:  # cancelled or timed out: do not leave it running
             if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(talk)  # quick: the pipes close with the process
+            if isinstance(exc, TimeoutError):
+                raise TTSError(
+                    f"espeak-ng took longer than {self.config.timeout_s:g} s"
+                ) from exc
+            raise
         if proc.returncode != 0:
             detail = err.decode("utf-8", "replace").strip()[:200]
             raise TTSError(
                 f"espeak-ng failed (exit {proc.returncode}, voice {self.config.voice!r}): {detail}"
             )
         return out
+
+
+def _consume_result(task: asyncio.Future[object]) -> None:
+    """Retrieve a finished communicate() task's exception so it is never reported unretrieved."""
+    if not task.cancelled():
+        task.exception()
