@@ -265,6 +265,8 @@ class LocalSTTSettings(_Strict):
     keyphrase: str | None = None
     kws_threshold: float = 1e-20
     grammar: str | None = None
+    streaming: bool = Field(False, description="search while audio arrives (faster, less accurate)")
+    noise_floor: float = Field(64.0, ge=0, description="σ of quiet noise added so digital silence decodes")
 
 
 class LocalProviderSettings(_Strict):
