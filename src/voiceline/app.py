@@ -9,11 +9,10 @@ import signal
 from collections.abc import Callable
 
 import structlog
-from pydantic import SecretStr
 
 from voiceline.asterisk.ari import AriClient
 from voiceline.asterisk.audiosocket import AudioSocketServer
-from voiceline.config import Settings
+from voiceline.config import Settings, reveal_secrets
 from voiceline.core.call import Call
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.engine import Engine
@@ -36,18 +35,8 @@ log = structlog.get_logger("voiceline.app")
 
 
 def _plain(model) -> dict:
-    """A provider section as plain data with secrets revealed, for the provider's own config type."""
-    return _reveal(model.model_dump(mode="python"))
-
-
-def _reveal(value):
-    if isinstance(value, SecretStr):
-        return value.get_secret_value() or None
-    if isinstance(value, dict):
-        return {k: _reveal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_reveal(v) for v in value]
-    return value
+    """A provider section as plain data with secrets revealed (unset ones as None)."""
+    return reveal_secrets(model.model_dump(mode="python"), empty_as_none=True)
 
 
 def build_providers(settings: Settings) -> dict[str, Provider]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from voiceline.config import ConfigError, Settings, load_settings
+from voiceline.config import ConfigError, Settings, load_settings, reveal_secrets
 
 DEFAULT_CONFIG = "config/ai-agent.yaml"
 EXIT_INVALID = 2
@@ -27,7 +27,7 @@ def load_or_exit(path: Path, overrides: dict | None = None) -> Settings:
         if overrides:
             data = settings.model_dump(mode="python")
             data = _deep_update(data, overrides)
-            settings = Settings.model_validate(_reveal_secrets(data))
+            settings = Settings.model_validate(reveal_secrets(data))
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
@@ -46,18 +46,6 @@ def _deep_update(base: dict, extra: dict) -> dict:
         else:
             base[key] = value
     return base
-
-
-def _reveal_secrets(value):
-    from pydantic import SecretStr
-
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, dict):
-        return {k: _reveal_secrets(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_reveal_secrets(v) for v in value]
-    return value
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -316,7 +316,7 @@ class Settings(_Strict):
 
     def digest(self) -> str:
         """A short hash of the effective config (secrets included) for /health."""
-        raw = json.dumps(_reveal(self.model_dump(mode="python")), sort_keys=True, default=str)
+        raw = json.dumps(reveal_secrets(self.model_dump(mode="python")), sort_keys=True, default=str)
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
@@ -330,14 +330,20 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def _reveal(value: Any) -> Any:
+def reveal_secrets(value: Any, *, empty_as_none: bool = False) -> Any:
+    """Plain data with every SecretStr replaced by its value (for the config consumers
+    that need the real thing: the ARI client, provider configs, re-validation)."""
     if isinstance(value, SecretStr):
-        return value.get_secret_value()
+        secret = value.get_secret_value()
+        return (secret or None) if empty_as_none else secret
     if isinstance(value, dict):
-        return {k: _reveal(v) for k, v in value.items()}
+        return {k: reveal_secrets(v, empty_as_none=empty_as_none) for k, v in value.items()}
     if isinstance(value, list):
-        return [_reveal(v) for v in value]
+        return [reveal_secrets(v, empty_as_none=empty_as_none) for v in value]
     return value
+
+
+
 
 
 # ---------------------------------------------------------------------------- loading
