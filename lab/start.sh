@@ -42,8 +42,10 @@ rm -f "$rundir/asterisk.ctl" "$rundir/asterisk.pid"
 mkdir -p "$LAB_CACHE"
 : >"$LAB_OUT"
 # -f: stay in the foreground (we background it), -n: no colours,
-# -U/-G: run as root inside the chroot (file ownership is root there).
-setsid chroot "$LAB_ROOT" /usr/sbin/asterisk -f -n -U root -G root \
+# -U/-G: run as root inside the chroot (file ownership is root there),
+# -p: real-time priority, as Asterisk is run in production: its RTP timing must not
+#     wait behind sipp, tshark and the test suite on the same two cores.
+setsid chroot "$LAB_ROOT" /usr/sbin/asterisk -f -n -p -U root -G root \
     </dev/null >>"$LAB_OUT" 2>&1 &
 pid=$!
 echo "$pid" >"$LAB_PIDFILE"
