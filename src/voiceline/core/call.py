@@ -214,6 +214,10 @@ class Call:
             self.counters.frames_gated += 1
             self._preroll.append(payload)
             return
+        if self._preroll:
+            # Capture came back without a barge-in (the turn just ended): the gated
+            # audio is stale and must not be replayed at a later interruption.
+            self._preroll.clear()
         self._forward(payload)
 
     def _forward(self, payload: bytes) -> None:
