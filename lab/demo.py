@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 import labkit  # noqa: E402
 
-QUESTIONS = ("What are your opening hours?", "Where is your office?")
+QUESTIONS = ("What are your opening hours?", "Where are you located?")
 ARI_PASSWORD = "voiceline-lab"
 
 
