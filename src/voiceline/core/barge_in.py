@@ -93,6 +93,8 @@ import numpy as np
 import soxr
 import webrtcvad
 
+from voiceline.audio.levels import slin_rms
+
 if TYPE_CHECKING:
     from voiceline.config import BargeInSettings
 
@@ -387,11 +389,11 @@ class BargeInDetector:
         """
         if len(frame) != self._frame_bytes:
             raise ValueError(f"frame must be {self._frame_bytes} bytes ({self.params.frame_ms} ms), got {len(frame)}")
-        self._reference_rms.append(_rms(reference) if reference else 0.0)
+        self._reference_rms.append(slin_rms(reference) if reference else 0.0)
         cooling_down = self._cooldown_left > 0
         if cooling_down:
             self._cooldown_left -= 1
-        rms = _rms(frame)
+        rms = slin_rms(frame)
         # The floor follows the line in and out of playback, so it is already known
         # when the agent starts talking.
         self._noise_floor.add(rms)
@@ -550,11 +552,3 @@ class _MinimumTracker:
             self._in_block = 0
         if self._completed:
             self.minimum = min(*self._completed, self._block_minimum)
-
-
-def _rms(pcm: bytes) -> float:
-    """RMS of slin16 LE samples (a trailing odd byte is ignored)."""
-    samples = np.frombuffer(pcm, dtype="<i2", count=len(pcm) // 2).astype(np.float64)
-    if not samples.size:
-        return 0.0
-    return float(np.sqrt(np.dot(samples, samples) / samples.size))

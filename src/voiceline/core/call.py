@@ -15,11 +15,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import numpy as np
 import structlog
 
 from voiceline.asterisk.audiosocket import AudioSocketConnection, Frame, slin_kind_for_rate
 from voiceline.audio.formats import AudioFormat
+from voiceline.audio.levels import slin_rms
 from voiceline.audio.transcode import Transcoder
 from voiceline.core.barge_in import PROTECTED_DROP_LOG_MESSAGE, BargeInDetector, BargeInParams, Decision
 from voiceline.core.conversation_coordinator import ConversationCoordinator
@@ -31,6 +31,7 @@ from voiceline.core.streaming_playback_manager import (
     StreamingPlaybackManager,
     StreamingResumed,
     StreamingStarted,
+    StreamState,
 )
 from voiceline.core.tasks import cancel_and_wait, spawn
 from voiceline.providers import base as pb
@@ -47,12 +48,6 @@ INBOUND_QUEUE_FRAMES = 50
 # not per frame, to keep the 20 ms path cheap.
 DEPTH_SAMPLE_INTERVAL_S = 0.2
 ENERGY_SAMPLE_INTERVAL_S = 0.1
-
-
-def frame_rms(pcm: bytes) -> float:
-    """RMS of 16-bit little-endian samples (0.0 for an empty frame)."""
-    samples = np.frombuffer(pcm[: len(pcm) & ~1], dtype="<i2").astype(np.float32)
-    return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
 
 
 @dataclass(slots=True)
@@ -207,7 +202,7 @@ class Call:
         now = self._clock()
         if now >= self._next_energy_sample:
             self._next_energy_sample = now + ENERGY_SAMPLE_INTERVAL_S
-            self.timeline.energy_sample(frame_rms(payload), now_s=now)
+            self.timeline.energy_sample(slin_rms(payload), now_s=now)
         if self._detector is not None and not self._watch_for_barge_in(payload, now):
             return
         if not (self._full_duplex or self.session.audio_capture_enabled):
@@ -270,7 +265,7 @@ class Call:
     def _barge_in(self, now: float, *, source: str, onset: float | None) -> None:
         """The caller interrupted: silence the agent at once, let the provider hear the caller."""
         call_id = self.session.call_id
-        stream_playing = self.stream is not None and self.stream.state.value != "idle"
+        stream_playing = self.stream is not None and self.stream.state is not StreamState.IDLE
         playback = self.session.current_playback
         ari_playing = playback is not None and not playback.finished
         if not (stream_playing or ari_playing or self.session.tts_playing):
