@@ -107,7 +107,6 @@ class App:
         )
         await self.audiosocket.start()
         self.engine.set_audiosocket_port(self.audiosocket.bound_port)
-        self.pacer.start()
         self._started_at = clock()
         if settings.history.enabled:
             self.history = CallHistory(settings.history.url.get_secret_value())
@@ -122,6 +121,9 @@ class App:
         # GC's generations so full collections during calls stay short.
         gc.collect()
         gc.freeze()
+        # Ticking starts after that full collection, so the pacer's lateness in
+        # /health tells about calls, not about the ~30 ms of start-up housekeeping.
+        self.pacer.start()
         log.info("voiceline_started", mode=settings.mode, default_provider=settings.default_provider,
                  audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
 

@@ -17,7 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
-import labkit  # noqa: E402
+import labkit
+from stallwitness import StallWitness, gaps, unexplained_gaps
 
 ARI_PASSWORD = "voiceline-lab"
 ENGINE_RT_PRIORITY = 5  # SCHED_RR; the lab Asterisk runs at 10 (asterisk -p)
@@ -45,6 +46,29 @@ def asterisk():
     lab.start()
     yield lab
     lab.stop()
+
+
+@pytest.fixture
+def stall_witness():
+    """Records stalls of the whole machine for the test (lab/stallwitness.py), so
+    timing assertions can tell them from late packets the engine sent."""
+    with StallWitness() as witness:
+        yield witness
+
+
+def assert_paced(packets: list, witness: StallWitness, limit_ms: float = 25.0) -> None:
+    """Every gap over ``limit_ms`` between packets the caller received is one the
+    machine stalled for (the witness saw it), not one the engine caused."""
+    arrivals = [p.time for p in packets]
+    stalls = witness.stalls
+    for gap in gaps(arrivals, stalls, limit_ms=limit_ms):
+        print(f"gap before packet {gap.index}: {gap.delta_ms:.1f} ms, "
+              f"machine stalled {gap.explained_by_ms:.1f} ms of it")
+    bad = unexplained_gaps(arrivals, stalls, limit_ms=limit_ms)
+    assert not bad, (
+        f"{len(bad)} inter-packet gap(s) over {limit_ms} ms that no machine stall explains: "
+        + ", ".join(f"#{g.index} {g.delta_ms:.1f} ms (stalled {g.explained_by_ms:.1f})" for g in bad[:5])
+    )
 
 
 class EngineProcess:
