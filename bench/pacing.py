@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from voiceline.asterisk.audiosocket import (
+from voiceline.asterisk.audiosocket_codec import (
     FrameDecoder,
     ProtocolError,
     encode_audio,

@@ -19,7 +19,7 @@ from voiceline.core.engine import Engine
 from voiceline.core.pacer import Pacer
 from voiceline.core.session_store import SessionStore
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager, StreamParams
-from voiceline.core.tasks import cancel_and_wait
+from voiceline.tasks import cancel_and_wait
 from voiceline.providers.base import Provider
 from voiceline.providers.deepgram import DeepgramConfig, DeepgramProvider
 from voiceline.providers.echo import EchoProvider

@@ -3,6 +3,7 @@ running as the operator runs it (`voiceline serve`), in a subprocess."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -37,7 +38,21 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def asterisk():
+def lab_lock():
+    """One end-to-end session at a time on this machine: the lab Asterisk, its SIP and
+    ARI ports and the engine's listeners are shared, so a second run waits here."""
+    path = REPO / "lab" / ".cache" / "e2e.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def asterisk(lab_lock):
     reason = labkit.lab_unavailable_reason()
     if reason:
         pytest.fail(f"the end-to-end lab cannot run here: {reason} (run the suite as root via scripts/test.sh)")

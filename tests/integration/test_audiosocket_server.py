@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import structlog.testing
 
-from voiceline.asterisk.audiosocket import (
+from voiceline.asterisk.audiosocket import AudioSocketConnection, AudioSocketServer
+from voiceline.asterisk.audiosocket_codec import (
     REFUSAL_ERROR_CODE,
-    AudioSocketConnection,
-    AudioSocketServer,
     Frame,
     FrameDecoder,
     FrameKind,

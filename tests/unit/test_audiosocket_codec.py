@@ -8,8 +8,13 @@ import uuid
 import pytest
 
 from voiceline.asterisk.audiosocket import (
-    SLIN_RATES,
     AudioSocketServer,
+    normalise_peer_address,
+    parse_allowed_peers,
+    peer_is_allowed,
+)
+from voiceline.asterisk.audiosocket_codec import (
+    SLIN_RATES,
     ErrorCode,
     Frame,
     FrameDecoder,
@@ -20,9 +25,6 @@ from voiceline.asterisk.audiosocket import (
     encode_frame,
     encode_hangup,
     encode_uuid,
-    normalise_peer_address,
-    parse_allowed_peers,
-    peer_is_allowed,
     slin_kind_for_rate,
 )
 

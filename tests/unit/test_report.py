@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from voiceline.telemetry.png import Canvas, encode_png
-from voiceline.telemetry.report import TimelineRecorder, render_report, rms_to_dbfs
+from voiceline.telemetry.report import render_report
+from voiceline.telemetry.timeline import TimelineRecorder, rms_to_dbfs
 
 HINT = "streaming.min_start_ms 120 -> 260: 2 pause(s) in agent speech (longest pause 137 ms)"
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from voiceline.asterisk.audiosocket import AudioSocketConnection, Frame, slin_kind_for_rate
+from voiceline.asterisk.audiosocket import AudioSocketConnection
+from voiceline.asterisk.audiosocket_codec import Frame, slin_kind_for_rate
 from voiceline.audio.formats import AudioFormat
 from voiceline.audio.levels import slin_rms
 from voiceline.audio.transcode import Transcoder
@@ -33,10 +34,10 @@ from voiceline.core.streaming_playback_manager import (
     StreamingStarted,
     StreamState,
 )
-from voiceline.core.tasks import cancel_and_wait, spawn
+from voiceline.tasks import cancel_and_wait, spawn
 from voiceline.providers import base as pb
 from voiceline.telemetry.metrics import Metrics
-from voiceline.telemetry.report import TimelineRecorder
+from voiceline.telemetry.timeline import TimelineRecorder
 
 log = structlog.get_logger("voiceline.call")
 

@@ -28,7 +28,7 @@ from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.models import CallSession, CallState, PlaybackRef
 from voiceline.core.session_store import SessionStore
 from voiceline.core.streaming_playback_manager import FallbackRequested, StreamingPlaybackManager
-from voiceline.core.tasks import spawn
+from voiceline.tasks import spawn
 from voiceline.providers.base import CallContext
 from voiceline.providers.registry import ProviderRegistry
 from voiceline.telemetry.metrics import Metrics

@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 
 from voiceline.audio.formats import SLIN_8K
-from voiceline.core.tasks import cancel_and_wait
+from voiceline.tasks import cancel_and_wait
 from voiceline.providers.base import (
     AgentAudio,
     CallContext,

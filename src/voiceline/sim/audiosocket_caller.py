@@ -9,7 +9,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
-from voiceline.asterisk.audiosocket import (
+from voiceline.asterisk.audiosocket_codec import (
     FrameDecoder,
     FrameKind,
     ProtocolError,
