@@ -15,7 +15,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from voiceline.audio.formats import AudioFormat
+
+log = structlog.get_logger("voiceline.providers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,24 +135,51 @@ class CallContext:
 class ProviderSession(ABC):
     """One call's conversation with a provider.
 
-    Subclasses push events with ``self._emit``; the engine consumes ``events()``.
-    ``close`` must be idempotent and must end ``events()`` with ``ProviderClosed``.
+    Subclasses push events with ``self._emit`` (the one emit policy, below); the engine
+    consumes ``events()``. ``close`` must be idempotent and must end ``events()`` with
+    ``ProviderClosed``. ``send_audio`` may be called as soon as the session exists, also
+    while ``start()`` is still running: a session that cannot send yet holds the audio
+    (bounded) or drops it, and says which in its documentation.
     """
 
     capabilities: ProviderCapabilities
 
     def __init__(self, capabilities: ProviderCapabilities, *, queue_size: int = 2000) -> None:
         self.capabilities = capabilities
-        self._events: asyncio.Queue[ProviderEvent] = asyncio.Queue(maxsize=queue_size)
+        # Unbounded asyncio queue; the bound applies to ordinary events only (in _emit),
+        # so there is always room for the final ProviderClosed.
+        self._events: asyncio.Queue[ProviderEvent] = asyncio.Queue()
+        self._queue_limit = queue_size
         self._closed_emitted = False
+        # Ordinary events dropped because the engine stopped draining events().
+        self.events_dropped = 0
+        self._log: Any = log
 
     def _emit(self, event: ProviderEvent) -> None:
+        """Queue ``event`` for ``events()``. Never raises, never blocks.
+
+        * ``ProviderClosed`` is always queued (once), after everything queued before
+          it, and ends ``events()``; anything emitted after it is ignored.
+        * Any other event is dropped and counted in ``events_dropped`` when
+          ``queue_size`` events are already waiting: the engine drains continuously,
+          so a full queue means it is wedged, and blocking the provider's reader would
+          only hide that. The first drop is logged as an error.
+        """
         if self._closed_emitted:
             return
         if isinstance(event, ProviderClosed):
             self._closed_emitted = True
-        # The engine drains events continuously; a full queue means the engine is
-        # wedged, and blocking the provider's reader would only hide that.
+            self._events.put_nowait(event)
+            return
+        if self._events.qsize() >= self._queue_limit:
+            self.events_dropped += 1
+            if self.events_dropped == 1:
+                self._log.error(
+                    "provider event queue full; engine not draining events, dropping new events",
+                    dropped=type(event).__name__,
+                    limit=self._queue_limit,
+                )
+            return
         self._events.put_nowait(event)
 
     async def events(self) -> AsyncIterator[ProviderEvent]:

@@ -46,7 +46,6 @@ from voiceline.providers.base import (
     ProviderCapabilities,
     ProviderClosed,
     ProviderError,
-    ProviderEvent,
     ProviderSession,
     Transcript,
     UserStartedSpeaking,
@@ -315,7 +314,7 @@ class LocalAgentSession(ProviderSession):
             # The recognizer's worker is gone: this call can no longer hear the caller.
             self._deaf = True
             self._log.error("speech recognizer unavailable", error=str(exc))
-            self._post(ProviderError(str(exc), code="stt_error", fatal=True))
+            self._emit(ProviderError(str(exc), code="stt_error", fatal=True))
 
     async def interrupt(self, played_ms: float | None = None) -> None:
         if self._active_turn:
@@ -333,7 +332,7 @@ class LocalAgentSession(ProviderSession):
             await self._llm.aclose()
         except Exception:  # noqa: BLE001 - closing must go on; logged
             self._log.exception("closing the reply generator failed")
-        self._post(ProviderClosed(reason))
+        self._emit(ProviderClosed(reason))
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -352,7 +351,7 @@ class LocalAgentSession(ProviderSession):
         if isinstance(event, SpeechStart):
             self._stt.begin(b"".join(self._preroll))
             self._preroll.clear()
-            self._post(UserStartedSpeaking())
+            self._emit(UserStartedSpeaking())
             self._cancel_turn()
         elif isinstance(event, SpeechEnd):
             if event.too_short:
@@ -406,7 +405,7 @@ class LocalAgentSession(ProviderSession):
             raise
         except Exception as exc:  # noqa: BLE001 - a turn's failure never escapes its task
             self._log.exception("local agent turn failed")
-            self._post(
+            self._emit(
                 ProviderError(f"local agent turn failed: {exc}", code="internal")
             )
 
@@ -425,12 +424,12 @@ class LocalAgentSession(ProviderSession):
             text = (await transcript).strip()
         except STTError as exc:
             self._log.error("speech recognition failed", error=str(exc))
-            self._post(ProviderError(str(exc), code="stt_error"))
+            self._emit(ProviderError(str(exc), code="stt_error"))
             return
         except concurrent.futures.BrokenExecutor as exc:
             self._deaf = True
             self._log.error("speech recognizer worker died", error=str(exc))
-            self._post(
+            self._emit(
                 ProviderError(
                     f"speech recognizer worker died: {exc}",
                     code="stt_error",
@@ -444,7 +443,7 @@ class LocalAgentSession(ProviderSession):
                 "no words recognised in the caller's utterance", stt_ms=timings.stt_ms
             )
             return
-        self._post(Transcript("user", text))
+        self._emit(Transcript("user", text))
         prior = list(self._history)
         self._history.append({"role": "user", "content": text})
         await self._speak(turn_id, self._llm.reply(prior, text), timings)
@@ -500,7 +499,7 @@ class LocalAgentSession(ProviderSession):
                     self._log.warning(
                         "reply generation failed; apologising", error=str(item)
                     )
-                    self._post(ProviderError(str(item), code="llm_error"))
+                    self._emit(ProviderError(str(item), code="llm_error"))
                     if timings.first_sentence is None:
                         timings.first_sentence = self._clock()
                     item = (self.config.apology, synthesize(self.config.apology))
@@ -515,7 +514,7 @@ class LocalAgentSession(ProviderSession):
                 if not started:
                     started = True
                     timings.first_audio = self._clock()
-                    self._post(
+                    self._emit(
                         AgentStartedSpeaking(
                             total_latency_ms=timings.total_ms,
                             tts_latency_ms=timings.tts_ms,
@@ -523,11 +522,11 @@ class LocalAgentSession(ProviderSession):
                         )
                     )
                 for i in range(0, len(pcm), self._chunk_bytes):
-                    self._post(AgentAudio(pcm[i : i + self._chunk_bytes]))
+                    self._emit(AgentAudio(pcm[i : i + self._chunk_bytes]))
                 spoken.append(sentence)
         except TTSError as exc:
             self._log.error("speech synthesis failed", error=str(exc))
-            self._post(ProviderError(str(exc), code="tts_error"))
+            self._emit(ProviderError(str(exc), code="tts_error"))
         finally:
             producer.cancel()
             for task in synths:
@@ -536,26 +535,9 @@ class LocalAgentSession(ProviderSession):
             if spoken:
                 self._history.append({"role": "assistant", "content": " ".join(spoken)})
         if started:
-            self._post(AgentAudioDone())
+            self._emit(AgentAudioDone())
         if spoken:
-            self._post(Transcript("assistant", " ".join(spoken)))
-
-    # ---- events ------------------------------------------------------------------------
-
-    def _post(self, event: ProviderEvent) -> None:
-        try:
-            self._emit(event)
-        except asyncio.QueueFull:
-            if isinstance(event, ProviderClosed):
-                # The consumer must still see the end: make room for it.
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self._events.get_nowait()
-                self._events.put_nowait(event)
-            else:
-                self._log.error(
-                    "provider event queue full; event dropped",
-                    event=type(event).__name__,
-                )
+            self._emit(Transcript("assistant", " ".join(spoken)))
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
