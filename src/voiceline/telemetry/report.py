@@ -29,6 +29,7 @@ __all__ = [
     "render_html",
     "render_png",
     "render_report",
+    "render_svg",
 ]
 
 log = structlog.get_logger("voiceline.report")
@@ -392,6 +393,11 @@ def render_png(record: Mapping[str, Any], png_path: str | Path, *, width: int = 
 
 def render_html(record: Mapping[str, Any], html_path: str | Path, *, width: int = 1200, height: int = 700) -> None:
     _write_html(record, _build_scene(record, width, height), html_path)
+
+
+def render_svg(record: Mapping[str, Any], *, width: int = 1200, height: int = 700) -> str:
+    """The timeline picture as an SVG element (the operator console embeds it)."""
+    return _svg(_build_scene(record, width, height))
 
 
 def render_report(record: Mapping[str, Any], png_path: str | Path, html_path: str | Path, *,
