@@ -18,7 +18,8 @@ from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.engine import Engine
 from voiceline.core.pacer import Pacer
 from voiceline.core.session_store import SessionStore
-from voiceline.core.streaming_playback_manager import StreamingPlaybackManager, StreamParams
+from voiceline.core.stream_params import StreamParams
+from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 from voiceline.tasks import cancel_and_wait
 from voiceline.providers.base import Provider
 from voiceline.providers.deepgram import DeepgramConfig, DeepgramProvider

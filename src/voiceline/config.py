@@ -106,7 +106,7 @@ class StreamingSettings(_Strict):
     @model_validator(mode="after")
     def _cross_field(self) -> StreamingSettings:
         # The streaming core owns these rules; the config reports them with the key path.
-        from voiceline.core.streaming_playback_manager import StreamParams
+        from voiceline.core.stream_params import StreamParams
 
         StreamParams(**self.model_dump(exclude={"fallback_media_dir", "fallback_media_uri"}))
         return self

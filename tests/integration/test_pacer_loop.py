@@ -16,10 +16,8 @@ import structlog
 
 from voiceline.audio.formats import SLIN_8K
 from voiceline.core.pacer import Pacer
-from voiceline.core.streaming_playback_manager import (
-    StreamingPlaybackManager,
-    StreamParams,
-)
+from voiceline.core.stream_params import StreamParams
+from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 
 PERIOD = 0.020
 FRAME = 320

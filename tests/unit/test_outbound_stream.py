@@ -17,19 +17,19 @@ import structlog
 
 from voiceline.audio.formats import MULAW_8K, SLIN_8K, AudioFormat
 from voiceline.core.pacer import Pacer
-from voiceline.core.streaming_playback_manager import (
+from voiceline.core.outbound_stream import OutboundStream
+from voiceline.core.stream_events import (
     FallbackRequested,
     FlushResult,
-    OutboundStream,
     StreamEvent,
     StreamingEnded,
     StreamingPaused,
-    StreamingPlaybackManager,
     StreamingResumed,
     StreamingStarted,
-    StreamParams,
     StreamState,
 )
+from voiceline.core.stream_params import StreamParams
+from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 
 PERIOD = 0.020
 SLIN_16K = AudioFormat("slin16", 16000)
@@ -937,9 +937,6 @@ def test_manager_validates_pacer_period_and_duplicate_open() -> None:
 
 
 def test_hold_sends_silence_without_consuming_and_release_resumes_exactly():
-    from voiceline.audio.formats import SLIN_8K
-    from voiceline.core.streaming_playback_manager import OutboundStream, StreamParams
-
     stream = OutboundStream("c", SLIN_8K, StreamParams(fallback_timeout_ms=200))
     audio = bytes(range(256)) * 25  # 6400 bytes = 20 frames
     stream.begin_turn(0.0)
@@ -958,9 +955,6 @@ def test_hold_sends_silence_without_consuming_and_release_resumes_exactly():
 
 
 def test_hold_needs_a_playing_turn_and_flush_clears_it():
-    from voiceline.audio.formats import SLIN_8K
-    from voiceline.core.streaming_playback_manager import OutboundStream
-
     stream = OutboundStream("c", SLIN_8K)
     assert not stream.hold(0.0)  # nothing playing
     stream.begin_turn(0.0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from voiceline.config import StreamingSettings
-from voiceline.core.streaming_playback_manager import StreamParams, StreamStats
+from voiceline.core.stream_params import StreamParams
+from voiceline.core.stream_stats import StreamStats
 from voiceline.telemetry.tuning import (
     CallStreamingNumbers,
     Hint,

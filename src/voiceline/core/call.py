@@ -25,15 +25,15 @@ from voiceline.audio.transcode import Transcoder
 from voiceline.core.barge_in import PROTECTED_DROP_LOG_MESSAGE, BargeInDetector, BargeInParams, Decision
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.models import CallSession
-from voiceline.core.streaming_playback_manager import (
+from voiceline.core.stream_events import (
     FallbackRequested,
     StreamingEnded,
     StreamingPaused,
-    StreamingPlaybackManager,
     StreamingResumed,
     StreamingStarted,
     StreamState,
 )
+from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 from voiceline.tasks import cancel_and_wait, spawn
 from voiceline.providers import base as pb
 from voiceline.telemetry.metrics import Metrics

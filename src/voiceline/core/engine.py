@@ -27,7 +27,8 @@ from voiceline.core.call import Call
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.models import CallSession, CallState, PlaybackRef
 from voiceline.core.session_store import SessionStore
-from voiceline.core.streaming_playback_manager import FallbackRequested, StreamingPlaybackManager
+from voiceline.core.stream_events import FallbackRequested
+from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 from voiceline.tasks import spawn
 from voiceline.providers.base import CallContext
 from voiceline.providers.registry import ProviderRegistry

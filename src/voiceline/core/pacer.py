@@ -21,22 +21,18 @@ the other streams keep ticking.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+
+from voiceline.core.log_levels import is_debug
 
 __all__ = ["Pacer", "PacerSchedule", "PacerStats", "TickFn"]
 
 log = structlog.get_logger("voiceline.streaming")
 
 TickFn = Callable[[float], None]
-
-
-def _is_debug(level: str) -> bool:
-    value = logging.getLevelName(level.upper())
-    return isinstance(value, int) and value <= logging.DEBUG
 
 
 class PacerSchedule:
@@ -142,7 +138,7 @@ class Pacer:
         self._clock = clock
         self._spin_s = spin_s
         self._late_threshold_s = late_threshold_s
-        self._debug = _is_debug(logging_level)
+        self._debug = is_debug(logging_level)
         self._streams: dict[str, TickFn] = {}
         self._task: asyncio.Task[None] | None = None
         self._late_ticks = 0
