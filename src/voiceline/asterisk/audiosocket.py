@@ -1,4 +1,5 @@
-"""AudioSocket server: the asyncio shell around the codec (``audiosocket_codec``).
+"""AudioSocket server: the asyncio shell around the codec and the connection rules
+(``audiosocket_codec``, ``audiosocket_rules``).
 
 :class:`AudioSocketServer` is built on :class:`asyncio.Protocol` rather than
 streams: ``data_received`` is a plain callback that never awaits, so a slow
@@ -21,14 +22,20 @@ from voiceline.asterisk.audiosocket_codec import (
     DEFAULT_MAX_AUDIO_PAYLOAD,
     HEADER_SIZE,
     MAX_PAYLOAD,
-    REFUSAL_ERROR_CODE,
     Frame,
-    FrameDecoder,
     FrameKind,
-    ProtocolError,
     _encode_audio_kind,
-    encode_error,
-    encode_hangup,
+)
+from voiceline.asterisk.audiosocket_rules import (
+    NEED_DATA,
+    AudioReceived,
+    ConnectionRules,
+    DtmfReceived,
+    ErrorFrameReceived,
+    PeerClosed,
+    PeerHangup,
+    ProtocolViolation,
+    UuidReceived,
 )
 
 __all__ = [
@@ -64,7 +71,7 @@ AcceptFn = Callable[["AudioSocketConnection"], "AudioSocketHandler | None"]
 """Called once the UUID frame arrived (``conn.uuid`` and ``conn.peer`` are set).
 
 Return the call's handler, or ``None`` to refuse: the server then sends an
-error frame with :data:`REFUSAL_ERROR_CODE`, which makes Asterisk drop the
+error frame with ``audiosocket_codec.REFUSAL_ERROR_CODE``, which makes Asterisk drop the
 channel, and closes the connection.
 """
 
@@ -96,10 +103,12 @@ def peer_is_allowed(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
 
 
 class AudioSocketConnection(asyncio.Protocol):
-    """One Asterisk channel's socket: decodes inbound frames, writes outbound ones.
+    """One Asterisk channel's socket: moves bytes between it and :class:`ConnectionRules`.
 
-    Created by :class:`AudioSocketServer`; the engine only uses ``send_audio``,
-    ``send_hangup``, ``close`` and the counters.
+    The rules (what is legal in which order, the UUID timeout, refusal) live in the
+    sans-I/O machine in ``audiosocket_rules``; this adapter only reads, writes, runs the
+    UUID timer and calls the handler. Created by :class:`AudioSocketServer`; the engine
+    only uses ``send_audio``, ``send_hangup``, ``close`` and the counters.
     """
 
     def __init__(
@@ -114,10 +123,13 @@ class AudioSocketConnection(asyncio.Protocol):
     ) -> None:
         self._accept = accept
         self._allowed_networks = tuple(allowed_networks)
-        self._uuid_timeout_s = uuid_timeout_s
         self.write_limit_bytes = write_limit_bytes
-        self._decoder = FrameDecoder(max_audio_payload)
         self._on_transport_lost = on_transport_lost
+        loop = asyncio.get_running_loop()
+        # The loop's clock, so the rules' UUID deadline can be handed to call_at as is.
+        self._rules = ConnectionRules(
+            started_at=loop.time(), uuid_timeout_s=uuid_timeout_s, max_audio_payload=max_audio_payload
+        )
 
         self.uuid: str | None = None
         self.peer: tuple[str, int] = ("", 0)
@@ -125,9 +137,7 @@ class AudioSocketConnection(asyncio.Protocol):
         self.close_reason: str | None = None
         self.connected_at = time.monotonic()
 
-        self.frames_in = 0
         self.frames_out = 0
-        self.bytes_in = 0
         self.bytes_out = 0
         self.dropped_frames = 0
 
@@ -137,9 +147,17 @@ class AudioSocketConnection(asyncio.Protocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         self._dropped_in_burst = 0
         self._log = log
-        self.transport_lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport_lost: asyncio.Future[None] = loop.create_future()
 
     # -- public API ---------------------------------------------------------
+
+    @property
+    def frames_in(self) -> int:
+        return self._rules.frames_received
+
+    @property
+    def bytes_in(self) -> int:
+        return self._rules.bytes_received
 
     @property
     def pending_write_bytes(self) -> int:
@@ -178,8 +196,11 @@ class AudioSocketConnection(asyncio.Protocol):
         """Tell Asterisk to hang up the channel, then close our side once it is flushed."""
         if self.closed or self._transport is None:
             return
-        self._write(encode_hangup())
-        self.close("local hangup")
+        reply = self._rules.hangup()
+        if reply is None:
+            return
+        self._write(reply.data)
+        self.close(reply.close_reason)
 
     def close(self, reason: str) -> None:
         """Close the connection; idempotent. The handler's ``on_closed`` runs once."""
@@ -187,6 +208,7 @@ class AudioSocketConnection(asyncio.Protocol):
             return
         self.closed = True
         self.close_reason = reason
+        self._rules.close(reason)
         self._cancel_uuid_timer()
         transport = self._transport
         if transport is not None and not transport.is_closing():
@@ -231,29 +253,19 @@ class AudioSocketConnection(asyncio.Protocol):
             self.close("peer not allowed")
             return
         self._set_nodelay(transport)
-        loop = asyncio.get_running_loop()
-        self._uuid_timer = loop.call_later(self._uuid_timeout_s, self._on_uuid_timeout)
+        self._arm_uuid_timer()
         self._log.debug("audiosocket_connected")
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.bytes_in += len(data)
-        try:
-            frames = self._decoder.feed(data)
-        except ProtocolError as error:
-            # Act on what was valid before the bad frame (e.g. learn the UUID for the log).
-            self._dispatch_all(error.decoded)
-            if not self.closed:
-                self._fail(error.reason)
-            return
-        self._dispatch_all(frames)
+        self._rules.receive_data(data)
+        self._process_events()
 
     def eof_received(self) -> bool:
-        if self._decoder.buffered and not self.closed:
-            # Asterisk only ever writes whole frames; a partial one hints at a crash or a proxy.
-            self._log.warning("audiosocket_truncated_frame", buffered_bytes=self._decoder.buffered)
-        self.close("peer closed")
+        if not self.closed:
+            self._rules.receive_eof()
+            self._process_events()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -284,34 +296,39 @@ class AudioSocketConnection(asyncio.Protocol):
         except OSError as error:
             self._log.warning("audiosocket_nodelay_failed", error=str(error))
 
-    def _dispatch_all(self, frames: Sequence[Frame]) -> None:
-        for frame in frames:
-            if self.closed:
+    def _process_events(self) -> None:
+        # A handler may close the connection from inside a callback: check before every event.
+        while not self.closed:
+            event = self._rules.next_event()
+            if event is NEED_DATA:
                 return
-            self.frames_in += 1
-            self._dispatch(frame)
+            self._handle(event)
 
-    def _dispatch(self, frame: Frame) -> None:
-        kind = frame.kind
-        if kind is FrameKind.HANGUP:
-            self.close("peer hangup")
-        elif kind is FrameKind.UUID:
-            if self.uuid is not None:
-                self._fail("second UUID frame")
-            else:
-                self._on_uuid(frame.uuid)
-        elif self._handler is None:
-            self._fail(f"{kind.name} frame before UUID")
-        elif frame.is_audio:
-            self._call_handler("on_audio", frame)
-        elif kind is FrameKind.DTMF:
-            self._call_handler("on_dtmf", frame.dtmf)
-        elif kind is FrameKind.ERROR:
+    def _handle(self, event: object) -> None:
+        if isinstance(event, AudioReceived):
+            self._call_handler("on_audio", event.frame)
+        elif isinstance(event, DtmfReceived):
+            self._call_handler("on_dtmf", event.digit)
+        elif isinstance(event, ErrorFrameReceived):
             # Debug only: the handler decides how loudly a peer error is reported.
-            self._log.debug("audiosocket_peer_error", code=frame.error_code)
-            self._call_handler("on_error_frame", frame.error_code)
-        else:  # every FrameKind is handled above; this guards future additions
-            self._fail(f"unhandled frame kind {kind.name}")
+            self._log.debug("audiosocket_peer_error", code=event.code)
+            self._call_handler("on_error_frame", event.code)
+        elif isinstance(event, UuidReceived):
+            self._on_uuid(event.uuid)
+        elif isinstance(event, ProtocolViolation):
+            # The stream can no longer be trusted: send nothing more, just close.
+            self._log.warning("audiosocket_protocol_error", reason=event.reason)
+            self.close(event.close_reason)
+        elif isinstance(event, PeerClosed):
+            if event.truncated_bytes:
+                # Asterisk only ever writes whole frames; a partial one hints at a crash or a proxy.
+                self._log.warning("audiosocket_truncated_frame", buffered_bytes=event.truncated_bytes)
+            self.close(event.close_reason)
+        elif isinstance(event, PeerHangup):
+            self.close(event.close_reason)
+        else:  # every event type is handled above; this guards future additions
+            self._log.error("audiosocket_unhandled_event", event_type=type(event).__name__)
+            self.close(f"unhandled event {type(event).__name__}")
 
     def _on_uuid(self, call_uuid: str) -> None:
         self._cancel_uuid_timer()
@@ -328,14 +345,18 @@ class AudioSocketConnection(asyncio.Protocol):
         if handler is None:
             self._refuse("refused by accept")
             return
+        self._rules.accept()
         self._handler = handler
         self._log.info("audiosocket_accepted")
 
     def _refuse(self, reason: str) -> None:
+        if self.closed:
+            return
         self._log.info("audiosocket_refused", reason=reason)
-        if not self.closed and self._transport is not None:
-            self._write(encode_error(REFUSAL_ERROR_CODE))
-        self.close(reason)
+        reply = self._rules.refuse(reason)
+        if self._transport is not None:
+            self._write(reply.data)
+        self.close(reply.close_reason)
 
     def _call_handler(self, callback: str, argument: object) -> None:
         handler = self._handler
@@ -346,22 +367,34 @@ class AudioSocketConnection(asyncio.Protocol):
             self._log.exception("audiosocket_handler_failed", callback=callback)
             self.close(f"handler error in {callback}: {type(error).__name__}")
 
-    def _fail(self, reason: str) -> None:
-        # The stream can no longer be trusted: send nothing more, just close.
-        self._log.warning("audiosocket_protocol_error", reason=reason)
-        self.close(f"protocol error: {reason}")
+    def _arm_uuid_timer(self) -> None:
+        deadline = self._rules.uuid_deadline
+        if deadline is not None:
+            self._uuid_timer = asyncio.get_running_loop().call_at(deadline, self._on_uuid_timer)
 
-    def _on_uuid_timeout(self) -> None:
+    def _on_uuid_timer(self) -> None:
         self._uuid_timer = None
         if self.closed:
             return
-        self._log.warning("audiosocket_uuid_timeout", timeout_s=self._uuid_timeout_s)
-        self.close("no UUID within timeout")
+        timed_out = self._rules.check_timeout(asyncio.get_running_loop().time())
+        if timed_out is None:
+            # The loop may run a timer a clock tick early: wait for the real deadline.
+            self._arm_uuid_timer()
+            return
+        self._log.warning("audiosocket_uuid_timeout", timeout_s=timed_out.timeout_s)
+        self.close(timed_out.close_reason)
 
     def _cancel_uuid_timer(self) -> None:
         if self._uuid_timer is not None:
             self._uuid_timer.cancel()
             self._uuid_timer = None
+
+
+class _RefusedConnection(asyncio.Protocol):
+    """A connection that arrived after ``stop_accepting()``: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 class AudioSocketServer:
@@ -392,6 +425,8 @@ class AudioSocketServer:
         self._write_limit_bytes = write_limit_bytes
         self._max_audio_payload = max_audio_payload
         self._server: asyncio.Server | None = None
+        self._draining = False
+        self.refused_while_draining = 0
         # Connections whose transport is still alive, including ones flushing after close().
         self._live: set[AudioSocketConnection] = set()
 
@@ -406,14 +441,33 @@ class AudioSocketServer:
         """Open connections (closed ones still flushing are not counted)."""
         return sum(1 for conn in self._live if not conn.closed)
 
+    @property
+    def accepting(self) -> bool:
+        """True while the server is started and new connections are served (not draining)."""
+        return self._server is not None and not self._draining
+
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
+        self._draining = False
         # A larger accept backlog than asyncio's 100: a burst of calls (or a restart
         # with Asterisk reconnecting) must not leave SYNs waiting on retransmit timers.
         self._server = await loop.create_server(self._new_connection, self.host, self.port, backlog=LISTEN_BACKLOG)
         log.info("audiosocket_listening", host=self.host, port=self.bound_port)
+
+    def stop_accepting(self) -> None:
+        """Start draining: every new connection is closed at once, live ones go on. Idempotent.
+
+        The listener stays bound so the port is not taken by someone else meanwhile and
+        Asterisk gets an immediate close rather than waiting on a connect timeout.
+        Connections already made (even those still waiting for their UUID) are live calls
+        and are left alone; ``stop()`` ends them.
+        """
+        if self._draining or self._server is None:
+            return
+        self._draining = True
+        log.info("audiosocket_stopped_accepting", live_connections=self.connections)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -427,9 +481,16 @@ class AudioSocketServer:
             # Every transport is gone within the close linger (aborted at worst).
             await asyncio.wait(pending, timeout=CLOSE_LINGER_S * 2)
         await server.wait_closed()
-        log.info("audiosocket_stopped")
+        log.info("audiosocket_stopped", refused_while_draining=self.refused_while_draining)
 
-    def _new_connection(self) -> AudioSocketConnection:
+    def _new_connection(self) -> asyncio.Protocol:
+        if self._draining:
+            self.refused_while_draining += 1
+            # Once at INFO (a draining node turning calls away is expected), then DEBUG: a
+            # burst of new calls during a drain must not become a storm of log lines.
+            log_refusal = log.info if self.refused_while_draining == 1 else log.debug
+            log_refusal("audiosocket_refusing_while_draining", refused=self.refused_while_draining)
+            return _RefusedConnection()
         conn = AudioSocketConnection(
             self._accept,
             allowed_networks=self._allowed_networks,

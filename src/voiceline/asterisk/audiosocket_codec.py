@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import uuid as uuid_module
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
