@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "lab"))
 
 import labkit
-from stallwitness import StallWitness, gaps, unexplained_gaps
+from stallwitness import PacingVerdict, StallWitness, judge
 
 ARI_PASSWORD = "voiceline-lab"
 ENGINE_RT_PRIORITY = 5  # SCHED_RR; the lab Asterisk runs at 10 (asterisk -p)
@@ -71,19 +71,22 @@ def stall_witness():
         yield witness
 
 
-def assert_paced(packets: list, witness: StallWitness, limit_ms: float = 25.0) -> None:
+def assert_paced(packets: list, witness: StallWitness, limit_ms: float = 25.0) -> PacingVerdict:
     """Every gap over ``limit_ms`` between packets the caller received is one the
-    machine stalled for (the witness saw it), not one the engine caused."""
+    machine stalled for (the witness saw it), not one the engine caused. Prints how
+    many gaps the stalls excused, so a pass that leaned on the witness says so."""
     arrivals = [p.time for p in packets]
-    stalls = witness.stalls
-    for gap in gaps(arrivals, stalls, limit_ms=limit_ms):
+    verdict = judge(arrivals, witness.stalls, limit_ms=limit_ms)
+    for gap in verdict.excused + verdict.unexplained:
         print(f"gap before packet {gap.index}: {gap.delta_ms:.1f} ms, "
-              f"machine stalled {gap.explained_by_ms:.1f} ms of it")
-    bad = unexplained_gaps(arrivals, stalls, limit_ms=limit_ms)
+              f"stalls excuse {gap.explained_by_ms:.1f} ms of it")
+    print(f"pacing: {len(packets)} packets, {verdict.describe()}")
+    bad = verdict.unexplained
     assert not bad, (
         f"{len(bad)} inter-packet gap(s) over {limit_ms} ms that no machine stall explains: "
         + ", ".join(f"#{g.index} {g.delta_ms:.1f} ms (stalled {g.explained_by_ms:.1f})" for g in bad[:5])
     )
+    return verdict
 
 
 class EngineProcess:
