@@ -98,6 +98,43 @@ async def test_a_failing_stream_is_removed_and_the_others_keep_ticking() -> None
     assert [r["stream_id"] for r in errors] == ["bad"]
 
 
+async def test_a_stream_whose_transport_breaks_is_reported_to_its_owner_on_the_running_loop() -> None:
+    pacer = Pacer()
+    mgr = StreamingPlaybackManager(StreamParams(), pacer)
+    loop = asyncio.get_running_loop()
+    owner_told: asyncio.Future[BaseException] = loop.create_future()
+    good_went_on: asyncio.Future[None] = loop.create_future()
+    good_after_failure = 0
+    broken_after = 3
+    bad_frames = 0
+
+    def good_send(frame: bytes) -> None:
+        nonlocal good_after_failure
+        if owner_told.done():
+            good_after_failure += 1
+            if good_after_failure == 3 and not good_went_on.done():
+                good_went_on.set_result(None)
+
+    def flaky_send(frame: bytes) -> None:
+        nonlocal bad_frames
+        if bad_frames == broken_after:
+            raise BrokenPipeError("caller hung up")
+        bad_frames += 1
+
+    mgr.open("good", SLIN_8K, good_send)
+    mgr.open("bad", SLIN_8K, flaky_send, on_failure=owner_told.set_result)
+    with structlog.testing.capture_logs() as logs:
+        pacer.start()
+        exc = await asyncio.wait_for(owner_told, timeout=5.0)
+        await asyncio.wait_for(good_went_on, timeout=5.0)  # the other call keeps its audio
+        await pacer.stop()
+    assert isinstance(exc, BrokenPipeError)
+    assert bad_frames == broken_after
+    assert mgr.get("bad") is None and mgr.get("good") is not None
+    errors = [r for r in logs if r["log_level"] == "error"]
+    assert [r["stream_id"] for r in errors] == ["bad"]
+
+
 async def test_a_blocked_loop_skips_ticks_instead_of_bursting() -> None:
     pacer = Pacer()
     times: list[float] = []

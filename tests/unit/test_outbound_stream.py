@@ -921,6 +921,58 @@ def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream() -> 
     assert err["stream_id"] == "bad"
 
 
+def test_manager_removes_a_stream_whose_send_frame_raises_and_tells_its_owner_once() -> None:
+    # Defect 9.4: the pacer dropped the stream but the call went on with no audio,
+    # nobody told, and the manager still listed the stream as open.
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    mgr = StreamingPlaybackManager(StreamParams(), pacer)
+    boom = ConnectionResetError("audiosocket gone")
+    failures: list[BaseException] = []
+    sent_before: list[bytes] = []
+    sent_after: list[bytes] = []
+
+    def broken_send(frame: bytes) -> None:
+        raise boom
+
+    mgr.open("before", SLIN_8K, sent_before.append)
+    mgr.open("bad", SLIN_8K, broken_send, on_failure=failures.append)
+    mgr.open("after", SLIN_8K, sent_after.append)
+    with structlog.testing.capture_logs() as logs:
+        pacer.run_tick(0.0)
+        pacer.run_tick(0.02)
+    assert failures == [boom]
+    assert mgr.get("bad") is None and len(mgr) == 2
+    assert not pacer.is_registered("bad") and pacer.stats.tick_errors == 1
+    assert len(sent_before) == 2 and len(sent_after) == 2  # the failing tick served both
+    (err,) = [r for r in logs if r["log_level"] == "error"]
+    assert err["stream_id"] == "bad" and err["exc_info"]
+    assert mgr.close("bad") is None  # the owner's usual close stays harmless
+
+
+def test_manager_reports_a_raising_stream_tick_through_on_failure() -> None:
+    clock = FakeClock()
+    pacer = Pacer(clock=clock)
+    mgr = StreamingPlaybackManager(StreamParams(), pacer)
+    failures: list[BaseException] = []
+    sent: list[bytes] = []
+    stream = mgr.open("c", SLIN_8K, sent.append, on_failure=failures.append)
+    pacer.run_tick(0.0)
+    bug = AssertionError("state machine bug")
+
+    def broken_tick(now: float) -> bytes:
+        raise bug
+
+    stream.tick = broken_tick  # type: ignore[method-assign]
+    with structlog.testing.capture_logs():
+        pacer.run_tick(0.02)
+        pacer.run_tick(0.04)
+    assert failures == [bug] and len(sent) == 1
+    assert mgr.get("c") is None and not pacer.is_registered("c")
+    # The call id is free again once the stream failed (a new call may reuse it).
+    mgr.open("c", SLIN_8K, sent.append)
+
+
 def test_manager_validates_pacer_period_and_duplicate_open() -> None:
     with pytest.raises(ValueError, match="chunk_size_ms"):
         StreamingPlaybackManager(

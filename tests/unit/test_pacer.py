@@ -99,6 +99,51 @@ def test_run_tick_calls_every_stream_and_isolates_failures() -> None:
     assert err["stream_id"] == "b" and err["log_level"] == "error" and err["exc_info"]
 
 
+def test_a_failing_stream_is_reported_once_to_its_on_error_and_others_tick_in_the_same_tick() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    calls: list[str] = []
+    reported: list[BaseException] = []
+    boom = OSError("transport closed")
+
+    def broken(now: float) -> None:
+        calls.append("b")
+        raise boom
+
+    pacer.register("a", lambda now: calls.append("a"))
+    pacer.register("b", broken, on_error=reported.append)
+    pacer.register("c", lambda now: calls.append("c"))
+    with structlog.testing.capture_logs() as logs:
+        pacer.run_tick(0.0)
+        pacer.run_tick(0.02)
+    assert calls == ["a", "b", "c", "a", "c"]
+    assert reported == [boom]
+    assert not pacer.is_registered("b") and pacer.stats.tick_errors == 1
+    (err,) = logs
+    assert err["stream_id"] == "b" and err["exc_info"]
+
+
+def test_an_on_error_that_raises_is_logged_and_the_tick_goes_on() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    calls: list[str] = []
+
+    def broken(now: float) -> None:
+        raise ValueError("tick bug")
+
+    def bad_handler(exc: BaseException) -> None:
+        raise RuntimeError("handler bug")
+
+    pacer.register("b", broken, on_error=bad_handler)
+    pacer.register("c", lambda now: calls.append("c"))
+    with structlog.testing.capture_logs() as logs:
+        pacer.run_tick(0.0)
+    assert calls == ["c"]
+    assert [(r["event"], r["stream_id"], r["log_level"]) for r in logs] == [
+        ("pacer tick failed, stream removed", "b", "error"),
+        ("pacer on_error callback failed", "b", "error"),
+    ]
+    assert all(r["exc_info"] for r in logs)
+
+
 def test_tick_fn_may_unregister_others_and_register_new_streams() -> None:
     pacer = Pacer(clock=lambda: 0.0)
     calls: list[str] = []

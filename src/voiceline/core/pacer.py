@@ -14,8 +14,10 @@ would overflow the bridge and be heard as a glitch anyway.
 ``Pacer`` is the asyncio shell: it sleeps until just before the next deadline
 (``deadline - now - spin``), yield-spins (``await asyncio.sleep(0)``) for the last
 ~1 ms so ticks land within about a millisecond, then calls every registered
-``tick_fn(now)``. A failing ``tick_fn`` is logged with its stream id and removed;
-the other streams keep ticking.
+``tick_fn(now)``. A failing ``tick_fn`` is logged (with its traceback) under its
+stream id, counted in ``tick_errors`` and removed, and its ``on_error(exc)`` is called
+once so the stream's owner can end what depended on it (a call with no outbound
+audio is of no use to the caller); the other streams keep ticking in the same tick.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import structlog
 
 from voiceline.core.log_levels import is_debug
 
-__all__ = ["Pacer", "PacerSchedule", "PacerStats", "TickFn"]
+__all__ = ["ErrorFn", "Pacer", "PacerSchedule", "PacerStats", "TickFn"]
 
 log = structlog.get_logger("voiceline.streaming")
 
 TickFn = Callable[[float], None]
+ErrorFn = Callable[[BaseException], None]
 
 
 class PacerSchedule:
@@ -139,7 +142,9 @@ class Pacer:
         self._spin_s = spin_s
         self._late_threshold_s = late_threshold_s
         self._debug = is_debug(logging_level)
-        self._streams: dict[str, TickFn] = {}
+        # stream id -> (tick_fn, on_error); the tuple's identity tells a stream
+        # replaced mid-tick from the one the tick started with.
+        self._streams: dict[str, tuple[TickFn, ErrorFn | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._late_ticks = 0
         self._tick_errors = 0
@@ -156,10 +161,17 @@ class Pacer:
             return self._clock()
         return asyncio.get_running_loop().time()
 
-    def register(self, stream_id: str, tick_fn: TickFn) -> None:
+    def register(
+        self, stream_id: str, tick_fn: TickFn, *, on_error: ErrorFn | None = None
+    ) -> None:
+        """Tick ``tick_fn(now)`` every period until ``unregister``.
+
+        If ``tick_fn`` raises, the stream is removed and ``on_error(exc)`` is called
+        once (from inside the tick, so it must not block).
+        """
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} is already registered")
-        self._streams[stream_id] = tick_fn
+        self._streams[stream_id] = (tick_fn, on_error)
         if self._debug:
             log.debug(
                 "pacer stream registered",
@@ -264,13 +276,26 @@ class Pacer:
         """Call every registered ``tick_fn(now)`` once (the loop's body; public so a
         test or a simulator can drive the pacer with a fake clock)."""
         streams = self._streams
-        for stream_id, fn in list(streams.items()):
-            if streams.get(stream_id) is not fn:
+        for stream_id, entry in list(streams.items()):
+            if streams.get(stream_id) is not entry:
                 continue  # removed (or replaced) by an earlier tick_fn in this tick
             try:
-                fn(now)
-            except Exception:
-                self._tick_errors += 1
-                if streams.get(stream_id) is fn:
-                    del streams[stream_id]
-                log.exception("pacer tick failed, stream removed", stream_id=stream_id)
+                entry[0](now)
+            except Exception as exc:
+                self._fail(stream_id, entry, exc)
+
+    def _fail(
+        self, stream_id: str, entry: tuple[TickFn, ErrorFn | None], exc: Exception
+    ) -> None:
+        self._tick_errors += 1
+        if self._streams.get(stream_id) is entry:
+            del self._streams[stream_id]
+        log.error("pacer tick failed, stream removed", stream_id=stream_id, exc_info=exc)
+        on_error = entry[1]
+        if on_error is None:
+            return
+        try:
+            on_error(exc)
+        except Exception:
+            # The owner's handler is broken; the other streams must still tick.
+            log.exception("pacer on_error callback failed", stream_id=stream_id)

@@ -49,6 +49,13 @@ class StreamingPlaybackManager:
     which must be a plain non-blocking call (e.g. ``transport.write``); returning an
     awaitable is an error (it would never run). Logs ``STREAMING STARTED`` /
     ``STREAMING ENDED`` once per turn at INFO.
+
+    If a stream's tick or its ``send_frame`` raises, the pacer logs it with its
+    traceback and counts it (``Pacer.stats.tick_errors``); the stream is dropped
+    from the manager (``get`` returns None, ``close`` is a no-op, the call id may be
+    opened again) and the owner's ``on_failure(exc)`` is called once, so it can end
+    the call: the caller would otherwise hear nothing for the rest of it. No further
+    event comes from that stream (a turn in progress gets no ``StreamingEnded``).
     """
 
     def __init__(
@@ -87,6 +94,7 @@ class StreamingPlaybackManager:
         wire_format: AudioFormat,
         send_frame: Callable[[bytes], object],
         on_event: Callable[[StreamEvent], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> OutboundStream:
         if call_id in self._entries:
             raise ValueError(f"a stream for call {call_id!r} is already open")
@@ -112,7 +120,13 @@ class StreamingPlaybackManager:
                     f"send_frame for call {call_id!r} returned an awaitable; it must be synchronous"
                 )
 
-        self._pacer.register(call_id, tick)
+        def failed(exc: BaseException) -> None:
+            if self._entries.get(call_id) is entry:
+                del self._entries[call_id]
+            if on_failure is not None:
+                on_failure(exc)
+
+        self._pacer.register(call_id, tick, on_error=failed)
         self._entries[call_id] = entry
         if self._debug:
             log.debug(
