@@ -112,7 +112,7 @@ def _history_store(args: argparse.Namespace):
 
 
 def cmd_calls(args: argparse.Namespace) -> int:
-    from voiceline.telemetry.history import format_call, format_call_list
+    from voiceline.history_format import format_call, format_call_list
 
     store = _history_store(args)
     try:

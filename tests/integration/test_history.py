@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 import structlog.testing
 
-from voiceline.telemetry.history import (
-    CallHistory,
-    HistoryStore,
-    format_call,
-    format_call_list,
-)
+from voiceline.history_format import format_call, format_call_list
+from voiceline.telemetry.history import CallHistory, HistoryStore
 
 T0 = 1_712_345_678.0  # 2024-04-05T19:34:38Z
 
@@ -199,6 +195,89 @@ async def test_outage_buffer_is_bounded_and_drops_the_oldest(tmp_path: Path):
     blocker.unlink()
     await history.stop(flush_timeout_s=5)
     assert sorted(r["call_id"] for r in HistoryStore(url).list_calls()) == ["c2", "c3", "c4"]
+
+
+async def test_database_file_deleted_under_the_writer_is_recreated_and_nothing_later_is_lost(tmp_path: Path):
+    # The pooled SQLite connection still points at the deleted file: every write
+    # failed with "attempt to write a readonly database" for the rest of the run, and
+    # the records were lost at shutdown although the path was usable again.
+    url = f"sqlite:///{tmp_path}/calls.db"
+    history = fast_history(url)
+    await history.start()
+    history.record(call_record("c0"))
+    await eventually(lambda: history.written == 1)
+    (tmp_path / "calls.db").unlink()  # the file is removed (or replaced) under the running engine
+    history.record(call_record("c1", started_at=T0 + 1))
+    history.record(call_record("c2", started_at=T0 + 2))
+    await eventually(lambda: history.written == 3)
+    await history.stop(flush_timeout_s=5)
+    assert [r["call_id"] for r in HistoryStore(url).list_calls()] == ["c2", "c1"]
+
+
+async def test_record_with_an_impossible_time_is_dropped_alone_and_the_writer_goes_on(tmp_path: Path):
+    # datetime.fromtimestamp(1e20) raises OverflowError, which the writer did not
+    # expect: it crashed, losing the whole batch and every record after it.
+    url = f"sqlite:///{tmp_path}/calls.db"
+    history = fast_history(url)
+    history.record(call_record("before"))
+    history.record(call_record("bad", started_at=1e20))
+    history.record(call_record("after", started_at=T0 + 1))
+    with structlog.testing.capture_logs() as logs:
+        await history.start()
+        await eventually(lambda: history.pending == 0)
+        history.record(call_record("later", started_at=T0 + 2))
+        await eventually(lambda: history.written == 3)
+    await history.stop(flush_timeout_s=5)
+    assert sorted(r["call_id"] for r in HistoryStore(url).list_calls()) == ["after", "before", "later"]
+    dropped = [e for e in logs if e["event"] == "call record cannot be stored, dropped"]
+    assert [e["call_id"] for e in dropped] == ["bad"] and "out of range" in dropped[0]["error"]
+    assert history.dropped == 1
+
+
+async def test_unexpected_write_failure_keeps_the_batch_and_retries(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/calls.db"
+    history = fast_history(url)
+    real_write = history.store.write
+    failures = []
+
+    def flaky_write(rows):
+        if not failures:
+            failures.append(len(rows))
+            raise RuntimeError("driver bug")
+        real_write(rows)
+
+    history.store.write = flaky_write
+    await history.start()
+    with structlog.testing.capture_logs() as logs:
+        history.record(call_record("c1"))
+        history.record(call_record("c2", started_at=T0 + 1))
+        await eventually(lambda: history.written == 2)
+    await history.stop(flush_timeout_s=5)
+    assert failures == [2]
+    assert sorted(r["call_id"] for r in HistoryStore(url).list_calls()) == ["c1", "c2"]
+    failed = [e for e in logs if e["event"] == "call history write failed unexpectedly, will retry"]
+    assert len(failed) == 1 and failed[0]["exc_info"] is not None
+
+
+async def test_stop_during_an_outage_retries_promptly_instead_of_sleeping_the_long_backoff(tmp_path: Path):
+    blocker = tmp_path / "db"
+    blocker.write_text("in the way")
+    # Backoff already at its 30 s maximum when shutdown begins.
+    history = CallHistory(f"sqlite:///{blocker}/calls.db", retry_initial_s=30.0, retry_max_s=30.0)
+    await history.start()
+    history.record(call_record("c1"))
+    await eventually(lambda: history.status()["failing"])
+
+    async def database_back_soon():
+        await asyncio.sleep(0.3)
+        blocker.unlink()
+
+    back = asyncio.create_task(database_back_soon())
+    started = time.perf_counter()
+    await history.stop(flush_timeout_s=5)
+    await back
+    assert time.perf_counter() - started < 4
+    assert [r["call_id"] for r in HistoryStore(f"sqlite:///{blocker}/calls.db").list_calls()] == ["c1"]
 
 
 async def test_stop_gives_up_after_the_flush_timeout_and_says_so(tmp_path: Path):

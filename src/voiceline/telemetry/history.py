@@ -20,6 +20,14 @@ A call record is a plain dict. Known keys map to columns: ``call_id`` (required)
 (dict), ``transcript`` (list), ``tuning_hint`` (text), ``timeline`` (list, see
 ``voiceline.telemetry.report``). Every other key is merged into ``metrics``, so
 ``app.call_summary(call)`` can be passed as it is.
+
+Nothing is lost while the database is away: a failed write drops the pooled
+connections (a deleted or replaced SQLite file, a restarted server) and the batch goes
+back to the front of the buffer; an unexpected error is logged with its traceback
+and retried the same way; a record the database can never take (or that cannot be
+converted, e.g. a time out of range) is dropped alone, logged. Only a full buffer or
+a shutdown while the database is still down loses records, and both say so.
+Formatting for people lives in ``voiceline.history_format``.
 """
 
 from __future__ import annotations
@@ -57,8 +65,6 @@ __all__ = [
     "CallHistory",
     "HistoryStore",
     "calls_table",
-    "format_call",
-    "format_call_list",
     "record_to_row",
 ]
 
@@ -68,6 +74,8 @@ DEFAULT_MAX_BUFFERED = 10_000
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_RETRY_INITIAL_S = 0.5
 DEFAULT_RETRY_MAX_S = 30.0
+# Once shutdown has begun the flush window is short: retry at least this often.
+STOPPING_RETRY_S = 0.25
 
 # Errors that mean "the database is not usable right now": keep the records, retry.
 _OUTAGE_ERRORS = (SQLAlchemyError, OSError)
@@ -236,9 +244,10 @@ class HistoryStore:
                 conn.execute(delete(calls_table).where(calls_table.c.call_id.in_([r["call_id"] for r in rows])))
                 conn.execute(insert(calls_table), [dict(r) for r in rows])
         except _OUTAGE_ERRORS:
-            # The database may have been replaced (file deleted, server rebuilt):
-            # check the schema again on the next attempt.
-            self._schema_ready = False
+            # The database may have been replaced (file deleted, server rebuilt): a
+            # pooled connection to the old one would fail (or write into a deleted
+            # file) forever. Reconnect and check the schema on the next attempt.
+            self.close()
             raise
 
     def list_calls(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
@@ -392,11 +401,16 @@ class CallHistory:
                 self._in_flight = len(batch)
                 try:
                     rejected = await asyncio.to_thread(self._write_batch, batch)
-                except _OUTAGE_ERRORS as exc:
+                except Exception as exc:
                     self._in_flight = 0
                     self._buffer.extendleft(reversed(batch))
                     # Records that came in while the batch was out may have overfilled it.
                     self._drop_oldest(len(self._buffer) - self._max_buffered)
+                    if not isinstance(exc, _OUTAGE_ERRORS):
+                        # Not a known outage: a bug here or in a driver. Keep the records
+                        # (the next attempt may work) and show the traceback.
+                        log.error("call history write failed unexpectedly, will retry",
+                                  pending=self.pending, retry_in_s=delay_s, exc_info=exc)
                     self._note_failure(exc, delay_s)
                     await self._backoff(delay_s)
                     delay_s = min(delay_s * 2, self._retry_max_s)
@@ -417,7 +431,7 @@ class CallHistory:
         for record in records:
             try:
                 row = record_to_row(record)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:  # e.g. a time out of range
                 rejected.append((record.get("call_id"), str(exc)))
                 continue
             rows[row["call_id"]] = row  # a call recorded twice: the last record wins
@@ -436,9 +450,10 @@ class CallHistory:
         return rejected
 
     async def _backoff(self, delay_s: float) -> None:
-        """Wait before the next attempt; shutdown cuts the wait short once, to retry now."""
+        """Wait before the next attempt; shutdown cuts the wait short, and while it lasts
+        attempts come at least every STOPPING_RETRY_S (the flush window is short)."""
         if self._stopping.is_set():
-            await asyncio.sleep(delay_s)
+            await asyncio.sleep(min(delay_s, STOPPING_RETRY_S))
             return
         try:
             await asyncio.wait_for(self._stopping.wait(), delay_s)
@@ -486,82 +501,3 @@ class CallHistory:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).splitlines()
     return lines[0][:300] if lines else ""
-
-
-def format_call_list(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A fixed-width table for ``voiceline calls``."""
-    if not rows:
-        return "no calls recorded"
-    headers = ("CALL ID", "STARTED (UTC)", "DURATION", "PROVIDER", "OUTCOME", "HINT")
-    table = [
-        (
-            str(row.get("call_id") or ""),
-            _short_time(row.get("started_at")),
-            f"{row['duration_s']:.1f}s" if isinstance(row.get("duration_s"), (int, float)) else "-",
-            str(row.get("provider") or "-"),
-            str(row.get("end_reason") or "-"),
-            _one_line(row.get("tuning_hint"), 60),
-        )
-        for row in rows
-    ]
-    widths = [max(len(headers[i]), *(len(r[i]) for r in table)) for i in range(len(headers) - 1)]
-    lines = []
-    for cells in (headers, *table):
-        fixed = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths))
-        lines.append(f"{fixed}  {cells[-1]}".rstrip())
-    return "\n".join(lines)
-
-
-def format_call(row: Mapping[str, Any]) -> str:
-    """The whole record, readable, for ``voiceline calls show CALL_ID``."""
-    lines = [f"call {row.get('call_id')}"]
-    for key in ("started_at", "ended_at", "duration_s", "mode", "provider", "end_reason", "caller_id"):
-        value = row.get(key)
-        lines.append(f"  {key + ':':<12} {'-' if value is None else value}")
-    lines.append(f"  {'hint:':<12} {row.get('tuning_hint') or '-'}")
-    lines.append("metrics:")
-    metrics = row.get("metrics") or {}
-    if metrics:
-        lines.extend(f"  {key}: {value}" for key, value in _flat_items(metrics))
-    else:
-        lines.append("  -")
-    transcript = row.get("transcript") or []
-    lines.append(f"transcript ({len(transcript)} lines):")
-    for entry in transcript:
-        if isinstance(entry, Mapping):
-            who = entry.get("role") or entry.get("speaker") or "?"
-            lines.append(f"  {who}: {entry.get('text') or entry.get('content') or ''}")
-        else:
-            lines.append(f"  {entry}")
-    timeline = row.get("timeline") or []
-    kinds: dict[str, int] = {}
-    for event in timeline:
-        if isinstance(event, (list, tuple)) and len(event) >= 2:
-            kinds[str(event[1])] = kinds.get(str(event[1]), 0) + 1
-    summary = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
-    lines.append(f"timeline: {len(timeline)} events" + (f" ({summary})" if summary else ""))
-    return "\n".join(lines)
-
-
-def _flat_items(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, Mapping):
-        items: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            items.extend(_flat_items(item, f"{prefix}.{key}" if prefix else str(key)))
-        return items
-    return [(prefix, value)]
-
-
-def _short_time(value: Any) -> str:
-    if isinstance(value, str):
-        return value.replace("T", " ")[:19]
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return "-"
-
-
-def _one_line(value: Any, limit: int) -> str:
-    if not value:
-        return "-"
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
