@@ -527,3 +527,60 @@ async def test_write_limit_drops_frames_instead_of_buffering_without_bound(
     assert [e["dropped_frames"] for e in cleared] == [conn.dropped_frames]
     assert not handler.closed.is_set()
     await client.close()
+
+
+# -- graceful drain -------------------------------------------------------------
+
+
+async def test_stop_accepting_refuses_new_connections_while_live_calls_go_on(make_server: ServerFactory) -> None:
+    server, acceptor = await make_server()
+    assert server.accepting
+    live_client, live_handler = await start_call(server.bound_port, acceptor)
+    early = await Client.connect(server.bound_port)  # connected before the drain, UUID only after it
+    async with asyncio.timeout(TIMEOUT_S):
+        while server.connections < 2:  # the accept of `early` runs on the server's next loop turn
+            await asyncio.sleep(0.01)
+
+    with structlog.testing.capture_logs() as logs:
+        server.stop_accepting()
+        server.stop_accepting()  # idempotent
+        assert not server.accepting
+        refused = [await Client.connect(server.bound_port) for _ in range(5)]
+        for client in refused:
+            assert await client.read_until_closed() == b""  # closed at once, nothing sent
+
+    assert server.refused_while_draining == 5
+    assert len(acceptor.seen_peers) == 1  # the refused connections never reached accept
+    assert [e["log_level"] for e in logs if e["event"] == "audiosocket_stopped_accepting"] == ["info"]
+    refusals = [e["log_level"] for e in logs if e["event"] == "audiosocket_refusing_while_draining"]
+    assert refusals == ["info"] + ["debug"] * 4  # once at INFO, not a line per connection above DEBUG
+    assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+
+    # Live connections are untouched: the call in progress and the one that was still
+    # waiting for its UUID both carry audio.
+    await assert_audio_flows(live_client, live_handler, seed=40)
+    await early.send(encode_uuid(str(uuid.uuid4())))
+    early_handler = await acceptor.next_handler()
+    await assert_audio_flows(early, early_handler, seed=50)
+    assert server.connections == 2
+    for client in (live_client, early, *refused):
+        await client.close()
+
+
+async def test_accepting_follows_the_server_lifecycle() -> None:
+    server = AudioSocketServer("127.0.0.1", 0, Acceptor())
+    assert not server.accepting
+    server.stop_accepting()  # before start there is nothing to drain: start() still serves
+    await server.start()
+    try:
+        assert server.accepting
+        server.stop_accepting()
+        assert not server.accepting
+    finally:
+        await server.stop()
+    assert not server.accepting
+    await server.start()  # a restarted server serves again
+    try:
+        assert server.accepting
+    finally:
+        await server.stop()
