@@ -136,7 +136,7 @@ async def test_unknown_path_is_404_and_other_methods_405(serve):
 async def test_token_guards_everything_but_live(serve):
     base, _ = await serve(token=TOKEN)
     assert (await fetch(f"{base}/live"))[0] == 200
-    for path in ("/ready", "/health", "/metrics", "/nope"):
+    for path in ("/ready", "/health", "/metrics", "/nope", "/console/live", "/console/api/live"):
         status, headers, _ = await fetch(f"{base}{path}")
         assert status == 401, path
         assert headers["WWW-Authenticate"].startswith("Bearer")
@@ -145,6 +145,7 @@ async def test_token_guards_everything_but_live(serve):
     assert (await fetch(f"{base}/health", token=TOKEN))[0] == 200
     assert (await fetch(f"{base}/metrics", token=TOKEN))[0] == 200
     assert (await fetch(f"{base}/nope", token=TOKEN))[0] == 404
+    assert (await fetch(f"{base}/console/api/live", token=TOKEN))[0] == 200
 
 
 async def test_token_is_never_logged(serve):

@@ -7,10 +7,12 @@
   ready, otherwise "not_ready").
 * ``GET /metrics`` Prometheus text exposition (format 0.0.4, which every
   Prometheus version scrapes) of ``metrics.registry``.
+* ``GET /console/...`` the operator console (``telemetry/console.py``, docs/console.md).
 
 With ``http.bearer_token`` set, every endpoint except ``/live`` needs
 ``Authorization: Bearer <token>`` (compared in constant time; the token is never
-logged). Unknown paths are 404, methods other than GET 405. Binds
+logged). Console paths also take the console's session cookie, which a browser
+gets by opening a console URL once with ``?token=<token>``. Unknown paths are 404, methods other than GET 405. Binds
 ``http.host`` (127.0.0.1 by default): exposing it wider is an explicit choice.
 """
 
@@ -25,6 +27,8 @@ import structlog
 from aiohttp import web
 
 from voiceline.config import HttpSettings
+from voiceline.telemetry.console import Console, ConsoleAuth, is_console_path
+from voiceline.telemetry.history import CallHistory
 from voiceline.telemetry.metrics import Metrics
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "TelemetryServer"]
@@ -45,13 +49,16 @@ class TelemetryServer:
         metrics: Metrics,
         health: Callable[[], dict[str, Any]],
         ready: Callable[[], tuple[bool, dict[str, Any]]],
+        history: CallHistory | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._health = health
         self._ready = ready
+        self._console = Console(health=health, history=history)
         token = settings.bearer_token.get_secret_value()
         self._expected_auth = f"Bearer {token}".encode() if token else None
+        self._console_auth = ConsoleAuth(token) if token else None
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
 
@@ -66,6 +73,7 @@ class TelemetryServer:
         app.router.add_get("/ready", self._ready_handler, allow_head=False)
         app.router.add_get("/health", self._health_handler, allow_head=False)
         app.router.add_get("/metrics", self._metrics_handler, allow_head=False)
+        self._console.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -102,13 +110,22 @@ class TelemetryServer:
         if self._expected_auth is None or request.path in _UNAUTHENTICATED_PATHS:
             return await handler(request)
         given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, self._expected_auth):
-            log.warning("http request rejected: missing or wrong bearer token",
-                        path=request.path, remote=request.remote)
-            return web.json_response(
-                {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="voiceline"'}
-            )
-        return await handler(request)
+        if hmac.compare_digest(given, self._expected_auth):
+            return await handler(request)
+        console = self._console_auth is not None and is_console_path(request.path)
+        if console and self._console_auth.has_session(request):
+            return await handler(request)
+        login = self._console_auth.login(request) if console else None
+        if login is not None:
+            return login
+        # request.path carries no query string, so a wrong ?token= is not logged either.
+        log.warning("http request rejected: missing or wrong bearer token",
+                    path=request.path, remote=request.remote)
+        if console:
+            return ConsoleAuth.refusal(request)
+        return web.json_response(
+            {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": 'Bearer realm="voiceline"'}
+        )
 
     async def _live(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok")
