@@ -26,6 +26,7 @@ from deepgram.agent.v1.types import (
     AgentV1UpdatePrompt,
 )
 
+from voiceline.config import DeepgramProviderSettings
 from voiceline.providers import deepgram as dg
 from voiceline.providers.base import (
     AgentAudio,
@@ -42,7 +43,6 @@ from voiceline.providers.base import (
 )
 from voiceline.providers.deepgram import (
     DeepgramAuthError,
-    DeepgramConfig,
     DeepgramError,
     DeepgramSession,
     DeepgramSettingsError,
@@ -56,6 +56,12 @@ CALLER = "Hi, I would like to check my order please."
 
 
 # ---- fixtures and helpers ----------------------------------------------------------------
+
+
+def dg_settings(**kw: Any) -> DeepgramProviderSettings:
+    """The provider's config model; no greeting unless a test asks for one."""
+    kw.setdefault("greeting", None)
+    return DeepgramProviderSettings(**kw)
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +130,7 @@ class Collector:
         return out
 
 
-async def started(cfg: DeepgramConfig) -> tuple[DeepgramSession, Collector]:
+async def started(cfg: DeepgramProviderSettings) -> tuple[DeepgramSession, Collector]:
     session = DeepgramSession(cfg)
     collector = Collector(session)
     await session.start()
@@ -204,7 +210,7 @@ def test_speech_detector_finds_one_utterance() -> None:
 
 async def test_handshake_and_greeting(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(speed=8)
-    cfg = DeepgramConfig(url=sim.url, api_key="test-key", greeting=GREETING)
+    cfg = dg_settings(url=sim.url, api_key="test-key", greeting=GREETING)
     session, events = await started(cfg)
     assert session.request_id == sim.sessions[0].id
     await events.wait_for(lambda e: isinstance(e, AgentAudioDone))
@@ -226,7 +232,7 @@ async def test_handshake_and_greeting(make_sim: Callable[..., Any]) -> None:
 
 async def test_audio_before_settings_applied_is_not_lost(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(settings_delay_s=0.4)
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="k"))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
     events = Collector(session)
     rng = random.Random(7)
     sent = bytearray()
@@ -254,7 +260,7 @@ async def test_audio_before_settings_applied_is_not_lost(make_sim: Callable[...,
 
 async def test_pre_settings_buffer_is_bounded(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(settings_delay_s=0.3)
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="k", pre_settings_buffer_ms=100))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="k", pre_settings_buffer_ms=100))
     events = Collector(session)
     chunks = [bytes([i]) * 160 for i in range(25)]  # 500 ms
     for chunk in chunks:
@@ -268,7 +274,7 @@ async def test_pre_settings_buffer_is_bounded(make_sim: Callable[..., Any]) -> N
 
 async def test_caller_turn_gets_an_answer(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(speed=8, answer_text="Your order ships tomorrow.")
-    session, events = await started(DeepgramConfig(url=sim.url, api_key="k"))
+    session, events = await started(dg_settings(url=sim.url, api_key="k"))
     await speak(session, caller_mulaw())
     await events.wait_for(lambda e: isinstance(e, AgentAudioDone))
     assert events.kinds() == [
@@ -294,7 +300,7 @@ async def test_caller_turn_gets_an_answer(make_sim: Callable[..., Any]) -> None:
 
 async def test_barge_in_stops_agent_audio(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(speed=1.0, long_answer_s=8)
-    session, events = await started(DeepgramConfig(url=sim.url, api_key="k", greeting=GREETING))
+    session, events = await started(dg_settings(url=sim.url, api_key="k", greeting=GREETING))
     await events.wait_for(lambda e: isinstance(e, AgentAudio), count=10)
     await speak(session, caller_mulaw(trailing_ms=100))
     await events.wait_for(lambda e: isinstance(e, UserStartedSpeaking))
@@ -317,7 +323,7 @@ async def test_every_delivery_pattern_delivers_identical_audio(
 ) -> None:
     sim = await make_sim(speed=1.2)  # pattern chosen per call through the URL
     url = f"{sim.url}?pattern={pattern}&speed=6&stall_s=0.4&seed=3"
-    cfg = DeepgramConfig(url=url, api_key="k", greeting=GREETING, output_encoding=encoding, output_sample_rate=rate)
+    cfg = dg_settings(url=url, api_key="k", greeting=GREETING, output_encoding=encoding, output_sample_rate=rate)
     session, events = await started(cfg)
     await events.wait_for(lambda e: isinstance(e, AgentAudioDone), timeout=15)
     expected = encode_pcm(synthesize(GREETING, rate), encoding)
@@ -337,7 +343,7 @@ async def test_every_delivery_pattern_delivers_identical_audio(
 
 async def test_bad_settings_make_start_raise(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(error_on_settings="Invalid think model for this project")
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="k"))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
     events = Collector(session)
     with pytest.raises(DeepgramSettingsError, match="Invalid think model for this project"):
         await session.start()
@@ -351,13 +357,13 @@ async def test_unknown_settings_field_is_named(make_sim: Callable[..., Any], mon
     sim = await make_sim()
     real = dg.build_settings
 
-    def with_typo(cfg: DeepgramConfig) -> dict[str, Any]:
+    def with_typo(cfg: DeepgramProviderSettings) -> dict[str, Any]:
         settings = real(cfg)
         settings["agent"]["think"]["provider"]["temprature"] = 0.5
         return settings
 
     monkeypatch.setattr(dg, "build_settings", with_typo)
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="k"))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
     with pytest.raises(DeepgramSettingsError, match=r"agent\.think\.provider\.temprature"):
         await session.start()
     await session.close()
@@ -374,7 +380,7 @@ async def test_simulator_is_strict_on_the_wire(make_sim: Callable[..., Any]) -> 
         await ws.send_bytes(b"\xff" * 160)
         err = await ws.receive_json()
         assert err["type"] == "Error" and "before Settings" in err["description"]
-        settings = build_settings(DeepgramConfig(api_key="k"))
+        settings = build_settings(dg_settings(api_key="k"))
         settings["audio"]["input"]["sample_rate"] = "8000"
         await ws.send_str(json.dumps(settings))
         err = await ws.receive_json()
@@ -385,7 +391,7 @@ async def test_simulator_is_strict_on_the_wire(make_sim: Callable[..., Any]) -> 
 async def test_missing_or_refused_token(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(api_keys=["right-key"])
     # No key configured: refused before any network I/O, with a message that says what to set.
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key=None))
+    session = DeepgramSession(dg_settings(url=sim.url))
     with pytest.raises(DeepgramAuthError, match="DEEPGRAM_API_KEY"):
         await session.start()
     # No Authorization header at all: HTTP 401, like the real service.
@@ -394,7 +400,7 @@ async def test_missing_or_refused_token(make_sim: Callable[..., Any]) -> None:
             await http.ws_connect(sim.url)
         assert info.value.status == 401
     # A key the service does not accept.
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="wrong-key"))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="wrong-key"))
     with pytest.raises(DeepgramAuthError, match="401"):
         await session.start()
     assert sim.sessions == []
@@ -405,14 +411,14 @@ async def test_unreachable_service_raises() -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    session = DeepgramSession(DeepgramConfig(url=f"ws://127.0.0.1:{port}/v1/agent/converse", api_key="k"))
+    session = DeepgramSession(dg_settings(url=f"ws://127.0.0.1:{port}/v1/agent/converse", api_key="k"))
     with pytest.raises(DeepgramError, match="cannot connect"):
         await session.start()
 
 
 async def test_settings_applied_timeout(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(settings_delay_s=1.0)
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="k", settings_timeout_s=0.2))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="k", settings_timeout_s=0.2))
     with pytest.raises(DeepgramSettingsError, match="SettingsApplied"):
         await session.start()
 
@@ -420,7 +426,7 @@ async def test_settings_applied_timeout(make_sim: Callable[..., Any]) -> None:
 async def test_close_during_start(make_sim: Callable[..., Any]) -> None:
     """The caller hangs up while Settings is being applied: start() fails cleanly."""
     sim = await make_sim(settings_delay_s=0.5)
-    session = DeepgramSession(DeepgramConfig(url=sim.url, api_key="k"))
+    session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
     events = Collector(session)
     start = asyncio.create_task(session.start())
     await wait_until(lambda: bool(sim.sessions) and bool(sim.sessions[0].received_messages))
@@ -435,7 +441,7 @@ async def test_close_during_start(make_sim: Callable[..., Any]) -> None:
 
 async def test_server_closing_mid_call_is_reported_not_raised(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(close_after_s=0.3, speed=1.0, long_answer_s=5)
-    session, events = await started(DeepgramConfig(url=sim.url, api_key="k", greeting=GREETING))
+    session, events = await started(dg_settings(url=sim.url, api_key="k", greeting=GREETING))
     await speak(session, b"\xff" * 1600, pause=0.02)  # keep streaming while it dies
     await asyncio.wait_for(events.task, 5)
     errors = events.of(ProviderError)
@@ -452,7 +458,7 @@ async def test_server_closing_mid_call_is_reported_not_raised(make_sim: Callable
 
 async def test_keepalive_only_when_idle(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim()
-    session, events = await started(DeepgramConfig(url=sim.url, api_key="k", keepalive_interval_s=0.2))
+    session, events = await started(dg_settings(url=sim.url, api_key="k", keepalive_interval_s=0.2))
     await asyncio.sleep(0.7)
     received = sim.sessions[0].received_messages
     keepalives = [m for m in received if m["type"] == "KeepAlive"]
@@ -471,7 +477,7 @@ async def test_keepalive_only_when_idle(make_sim: Callable[..., Any]) -> None:
 
 async def test_control_messages_and_function_calls(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(speed=8, call_function="lookup_order", answer_text="Found it.")
-    cfg = DeepgramConfig(
+    cfg = dg_settings(
         url=sim.url,
         api_key="k",
         functions=[{"name": "lookup_order", "description": "Find an order", "parameters": {"type": "object"}}],
@@ -508,7 +514,7 @@ async def test_control_messages_and_function_calls(make_sim: Callable[..., Any])
 
 async def test_runtime_errors_and_warnings_become_events(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim()
-    session, events = await started(DeepgramConfig(url=sim.url, api_key="k"))
+    session, events = await started(dg_settings(url=sim.url, api_key="k"))
     simsess = sim.sessions[0]
     # Server-side pushes the client must map: a non-fatal Error, a Warning, an unknown type.
     await sim._send(simsess, {"type": "Warning", "description": "slow think provider", "code": "W1"})

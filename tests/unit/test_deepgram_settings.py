@@ -29,12 +29,14 @@ from deepgram.types.deepgram_model import DeepgramModel
 from deepgram.types.open_ai_think_provider_model import OpenAiThinkProviderModel
 
 from voiceline.audio.formats import AudioFormat
+from voiceline.config import DeepgramProviderSettings
 from voiceline.providers.base import CallContext
 from voiceline.providers.deepgram import (
-    DeepgramConfig,
     DeepgramProvider,
     DeepgramSession,
     build_settings,
+    input_format,
+    output_format,
 )
 from voiceline.sim.deepgram_sim import validate_settings
 
@@ -96,8 +98,8 @@ FUNCTIONS = [
 ]
 
 
-def full_config() -> DeepgramConfig:
-    return DeepgramConfig(
+def full_config() -> DeepgramProviderSettings:
+    return DeepgramProviderSettings(
         api_key="k",
         input_encoding="linear16",
         input_sample_rate=16000,
@@ -112,7 +114,7 @@ def full_config() -> DeepgramConfig:
 
 
 def test_default_settings_match_sdk_type() -> None:
-    settings = build_settings(DeepgramConfig(api_key="k"))
+    settings = build_settings(DeepgramProviderSettings(api_key="k"))
     model = assert_sdk_valid(AgentV1Settings, settings)
     assert settings["type"] == "Settings"
     assert settings["audio"] == {
@@ -147,8 +149,8 @@ def test_full_settings_match_sdk_type() -> None:
     _assert_no_none(settings)
 
 
-@pytest.mark.parametrize("cfg", [DeepgramConfig(api_key="k"), full_config()], ids=["default", "full"])
-def test_enum_values_are_ones_the_sdk_knows(cfg: DeepgramConfig) -> None:
+@pytest.mark.parametrize("cfg", [DeepgramProviderSettings(api_key="k"), full_config()], ids=["default", "full"])
+def test_enum_values_are_ones_the_sdk_knows(cfg: DeepgramProviderSettings) -> None:
     """The SDK types accept any string for these; the known values are in its Literals."""
     s = build_settings(cfg)
     assert s["audio"]["input"]["encoding"] in _known_literals(AgentV1SettingsAudioInputEncoding)
@@ -159,20 +161,18 @@ def test_enum_values_are_ones_the_sdk_knows(cfg: DeepgramConfig) -> None:
 
 
 def test_sample_rates_are_ints() -> None:
-    cfg = DeepgramConfig(api_key="k", input_sample_rate=16000.0, output_sample_rate="24000")  # type: ignore[arg-type]
+    cfg = DeepgramProviderSettings(api_key="k", input_sample_rate=16000.0, output_sample_rate="24000")  # type: ignore[arg-type]
     s = build_settings(cfg)
     assert type(s["audio"]["input"]["sample_rate"]) is int and s["audio"]["input"]["sample_rate"] == 16000
     assert type(s["audio"]["output"]["sample_rate"]) is int and s["audio"]["output"]["sample_rate"] == 24000
     assert '"sample_rate": 16000' in json.dumps(s)
     assert_sdk_valid(AgentV1Settings, s)
     with pytest.raises(ValueError, match="input_sample_rate"):
-        build_settings(DeepgramConfig(api_key="k", input_sample_rate=8000.5))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="output_sample_rate"):
-        build_settings(DeepgramConfig(api_key="k", output_sample_rate=True))  # type: ignore[arg-type]
+        DeepgramProviderSettings(api_key="k", input_sample_rate=8000.5)  # type: ignore[arg-type]
 
 
 def test_none_fields_are_omitted() -> None:
-    cfg = DeepgramConfig(api_key="k", prompt=None, greeting=None, think_temperature=None, functions=[], tags=None)
+    cfg = DeepgramProviderSettings(api_key="k", prompt="", greeting=None, think_temperature=None, functions=[], tags=None)
     s = build_settings(cfg)
     assert "tags" not in s
     assert "greeting" not in s["agent"]
@@ -181,11 +181,11 @@ def test_none_fields_are_omitted() -> None:
     _assert_no_none(s)
     assert_sdk_valid(AgentV1Settings, s)
     # An empty greeting is no greeting.
-    assert "greeting" not in build_settings(DeepgramConfig(api_key="k", greeting=""))["agent"]
+    assert "greeting" not in build_settings(DeepgramProviderSettings(api_key="k", greeting=""))["agent"]
 
 
 def test_temperature_is_a_number_and_functions_default_parameters() -> None:
-    cfg = DeepgramConfig(api_key="k", think_temperature=1, functions=[{"name": "hang_up", "description": "End the call"}])
+    cfg = DeepgramProviderSettings(api_key="k", think_temperature=1, functions=[{"name": "hang_up", "description": "End the call"}])
     s = build_settings(cfg)
     assert s["agent"]["think"]["provider"]["temperature"] == 1.0
     assert isinstance(s["agent"]["think"]["provider"]["temperature"], float)
@@ -196,22 +196,31 @@ def test_temperature_is_a_number_and_functions_default_parameters() -> None:
 
 
 def test_bad_config_is_refused_before_sending() -> None:
-    with pytest.raises(ValueError, match="unknown field"):
-        build_settings(DeepgramConfig(api_key="k", functions=[{"name": "f", "paramters": {}}]))
-    with pytest.raises(ValueError, match="name"):
-        build_settings(DeepgramConfig(api_key="k", functions=[{"description": "nameless"}]))
-    with pytest.raises(ValueError, match="endpoint"):
-        build_settings(DeepgramConfig(api_key="k", functions=[{"name": "f", "endpoint": {"method": "post"}}]))
+    # The config model names the field (pydantic's ValidationError is a ValueError).
+    with pytest.raises(ValueError, match=r"functions\.0\.paramters"):
+        DeepgramProviderSettings(api_key="k", functions=[{"name": "f", "paramters": {}}])
+    with pytest.raises(ValueError, match=r"functions\.0\.name"):
+        DeepgramProviderSettings(api_key="k", functions=[{"description": "nameless"}])
     with pytest.raises(ValueError, match="input_encoding"):
-        build_settings(DeepgramConfig(api_key="k", input_encoding="opus"))
+        DeepgramProviderSettings(api_key="k", input_encoding="opus")
     with pytest.raises(ValueError, match="output_container"):
-        build_settings(DeepgramConfig(api_key="k", output_container="mp4"))
+        DeepgramProviderSettings(api_key="k", output_container="mp4")
+    # What the model cannot say (an endpoint's shape) build_settings does.
+    with pytest.raises(ValueError, match="endpoint.*url"):
+        build_settings(DeepgramProviderSettings(api_key="k", functions=[{"name": "f", "endpoint": {"method": "post"}}]))
+    with pytest.raises(ValueError, match="endpoint field.*'verb'"):
+        build_settings(
+            DeepgramProviderSettings(api_key="k", functions=[{"name": "f", "endpoint": {"url": "https://x.invalid", "verb": "post"}}])
+        )
+    with pytest.raises(ValueError, match="name"):
+        build_settings(DeepgramProviderSettings(api_key="k", functions=[{"name": ""}]))
 
 
-def test_engine_encoding_name_maps_to_linear16() -> None:
-    cfg = DeepgramConfig(api_key="k", input_encoding="slin16", input_sample_rate=16000)
+def test_linear16_is_the_engines_slin16() -> None:
+    cfg = DeepgramProviderSettings(api_key="k", input_encoding="linear16", input_sample_rate=16000, output_encoding="alaw")
     assert build_settings(cfg)["audio"]["input"] == {"encoding": "linear16", "sample_rate": 16000}
-    assert cfg.input_format == AudioFormat("slin16", 16000)
+    assert input_format(cfg) == AudioFormat("slin16", 16000)
+    assert output_format(cfg) == AudioFormat("alaw", 8000)
 
 
 def test_the_checks_catch_mistakes() -> None:
@@ -230,27 +239,28 @@ def test_the_checks_catch_mistakes() -> None:
 
 def test_simulator_validator_agrees() -> None:
     """The simulator is strict in the same places: it accepts ours, names the bad field."""
-    for cfg in (DeepgramConfig(api_key="k"), full_config()):
+    for cfg in (DeepgramProviderSettings(api_key="k"), full_config()):
         assert validate_settings(build_settings(cfg)) is None
     typo = build_settings(full_config())
     typo["agent"]["think"]["provider"]["temprature"] = 0.4
     assert "agent.think.provider.temprature" in (validate_settings(typo) or "")
-    as_str = build_settings(DeepgramConfig(api_key="k"))
+    as_str = build_settings(DeepgramProviderSettings(api_key="k"))
     as_str["audio"]["input"]["sample_rate"] = "8000"
     assert "audio.input.sample_rate" in (validate_settings(as_str) or "")
-    nulled = build_settings(DeepgramConfig(api_key="k"))
+    nulled = build_settings(DeepgramProviderSettings(api_key="k"))
     nulled["agent"]["greeting"] = None
     assert "agent.greeting" in (validate_settings(nulled) or "")
 
 
 def test_provider_availability_and_session_capabilities() -> None:
-    usable, why = DeepgramProvider(DeepgramConfig(api_key=None)).availability()
+    usable, why = DeepgramProvider(DeepgramProviderSettings()).availability()
     assert not usable and "DEEPGRAM_API_KEY" in why
-    usable, why = DeepgramProvider(DeepgramConfig(api_key="")).availability()
+    usable, why = DeepgramProvider(DeepgramProviderSettings(api_key="")).availability()
     assert not usable
-    usable, why = DeepgramProvider(DeepgramConfig(api_key="k", input_encoding="opus")).availability()
-    assert not usable and "input_encoding" in why
-    provider = DeepgramProvider(DeepgramConfig(api_key="k"))
+    no_url = DeepgramProviderSettings(api_key="k", functions=[{"name": "f", "endpoint": {"method": "post"}}])
+    usable, why = DeepgramProvider(no_url).availability()
+    assert not usable and "endpoint" in why and "'f'" in why
+    provider = DeepgramProvider(DeepgramProviderSettings(api_key="k"))
     assert provider.name == "deepgram"
     assert provider.availability() == (True, "ok")
     session = provider.create_session(CallContext(call_id="c1"))
@@ -259,3 +269,11 @@ def test_provider_availability_and_session_capabilities() -> None:
     assert caps.input_format == AudioFormat("mulaw", 8000)
     assert caps.output_format == AudioFormat("mulaw", 8000)
     assert caps.detects_turns and caps.interruptible
+
+
+def test_one_prompt_default_the_config_models() -> None:
+    """The prompt and greeting sent by default are the config model's, nowhere else."""
+    defaults = DeepgramProviderSettings(api_key="k")
+    think = build_settings(defaults)["agent"]["think"]
+    assert think["prompt"] == DeepgramProviderSettings.model_fields["prompt"].default
+    assert build_settings(defaults)["agent"]["greeting"] == DeepgramProviderSettings.model_fields["greeting"].default

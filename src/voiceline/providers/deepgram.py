@@ -5,60 +5,56 @@ One websocket per call to ``wss://agent.deepgram.com/v1/agent/converse``:
     server Welcome -> client Settings -> server SettingsApplied -> binary audio both ways
 
 Deepgram runs listen (STT), think (LLM) and speak (TTS) itself and detects the caller's
-turns, so this session only moves audio and maps server messages onto the typed
-provider events. Caller audio handed to ``send_audio`` before ``SettingsApplied`` is
-held (bounded) and flushed in order the moment settings are applied, so the first
-words of a call are not lost to the handshake.
+turns, so this session only moves audio and hands server messages to the pure
+``DeepgramEventMapper`` (``deepgram_events.py``). Caller audio handed to ``send_audio``
+before ``SettingsApplied`` (also while ``start()`` runs) is held, up to
+``pre_settings_buffer_ms`` with the oldest dropped beyond that, and flushed in order the
+moment settings are applied, so the first words of a call are not lost to the handshake.
 
-The module never reads the environment: the API key arrives through ``DeepgramConfig``.
+The module never reads the environment: everything arrives in the config model
+``DeepgramProviderSettings`` (the API key as a secret).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import math
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
 from voiceline.audio.formats import AudioFormat
+from voiceline.config import DeepgramProviderSettings
 from voiceline.providers.base import (
-    AgentAudio,
-    AgentAudioDone,
-    AgentStartedSpeaking,
-    AgentThinking,
     CallContext,
-    FunctionCallRequest,
     Provider,
     ProviderCapabilities,
     ProviderClosed,
     ProviderError,
-    ProviderEvent,
     ProviderSession,
-    ProviderWarning,
-    Transcript,
-    UserStartedSpeaking,
 )
+from voiceline.providers.deepgram_events import (
+    DeepgramEventMapper,
+    SessionRejected,
+    SettingsApplied,
+    Welcome,
+)
+from voiceline.tasks import cancel_and_wait, spawn
+
+if TYPE_CHECKING:
+    from voiceline.config import DeepgramFunction
 
 log = structlog.get_logger("voiceline.providers.deepgram")
-
-DEFAULT_URL = "wss://agent.deepgram.com/v1/agent/converse"
-DEFAULT_PROMPT = "You are a friendly, concise assistant answering a phone call. Keep replies short."
 
 # Deepgram encoding name <-> engine encoding name. Only encodings the engine can
 # transcode are usable here (Deepgram itself also takes opus, flac, ...).
 _TO_ENGINE_ENCODING = {"linear16": "slin16", "mulaw": "mulaw", "alaw": "alaw"}
-_TO_DEEPGRAM_ENCODING = {"slin16": "linear16", "linear16": "linear16", "mulaw": "mulaw", "alaw": "alaw"}
 _OUTPUT_CONTAINERS = ("none", "wav", "ogg")
-# Keys a configured function may carry (everything else would be rejected by Deepgram
-# or is a typo; better to say so at startup than to fail every call).
-_FUNCTION_KEYS = frozenset({"name", "description", "parameters", "endpoint"})
 _FUNCTION_ENDPOINT_KEYS = frozenset({"url", "method", "headers"})
+# Errors a websocket send or receive raises when the connection is gone.
+_CONNECTION_ERRORS = (ConnectionError, OSError, aiohttp.ClientError, RuntimeError)
 
 
 class DeepgramError(Exception):
@@ -77,57 +73,24 @@ class DeepgramSettingsError(DeepgramError):
     """The service answered ``Settings`` with an ``Error`` (or never applied them)."""
 
 
-@dataclass
-class DeepgramConfig:
-    url: str = DEFAULT_URL
-    api_key: str | None = None
-    input_encoding: str = "mulaw"
-    input_sample_rate: int = 8000
-    output_encoding: str = "mulaw"
-    output_sample_rate: int = 8000
-    output_container: str = "none"
-    language: str = "en"
-    listen_provider: str = "deepgram"
-    listen_model: str = "nova-3"
-    think_provider: str = "open_ai"
-    think_model: str = "gpt-4o-mini"
-    think_temperature: float | None = None
-    prompt: str | None = DEFAULT_PROMPT
-    greeting: str | None = None
-    speak_provider: str = "deepgram"
-    speak_model: str = "aura-2-thalia-en"
-    # Each: {"name", "description", "parameters" (JSON schema), optional "endpoint"
-    # {"url", "method", "headers"} for server-side functions}. Without an endpoint the
-    # function is called client-side (FunctionCallRequest -> send_function_result).
-    functions: list[dict[str, Any]] = field(default_factory=list)
-    tags: list[str] | None = None
-    keepalive_interval_s: float = 8.0
-    connect_timeout_s: float = 10.0
-    settings_timeout_s: float = 10.0
-    # Caller audio held while Settings is being applied; beyond this it is dropped.
-    pre_settings_buffer_ms: int = 5000
-
-    @property
-    def input_format(self) -> AudioFormat:
-        return _engine_format(self.input_encoding, self.input_sample_rate, "input")
-
-    @property
-    def output_format(self) -> AudioFormat:
-        return _engine_format(self.output_encoding, self.output_sample_rate, "output")
-
-
-def _deepgram_encoding(encoding: str, which: str) -> str:
+def _engine_format(encoding: str, rate: Any, which: str) -> AudioFormat:
     try:
-        return _TO_DEEPGRAM_ENCODING[encoding]
+        engine_encoding = _TO_ENGINE_ENCODING[encoding]
     except KeyError:
         raise ValueError(
             f"deepgram {which}_encoding {encoding!r} is not supported; use one of linear16, mulaw, alaw"
         ) from None
+    return AudioFormat(engine_encoding, _as_int(rate, f"{which}_sample_rate"))  # type: ignore[arg-type]
 
 
-def _engine_format(encoding: str, rate: Any, which: str) -> AudioFormat:
-    dg = _deepgram_encoding(encoding, which)
-    return AudioFormat(_TO_ENGINE_ENCODING[dg], _as_int(rate, f"{which}_sample_rate"))  # type: ignore[arg-type]
+def input_format(cfg: DeepgramProviderSettings) -> AudioFormat:
+    """The engine format of the caller audio Deepgram is told to expect."""
+    return _engine_format(cfg.input_encoding, cfg.input_sample_rate, "input")
+
+
+def output_format(cfg: DeepgramProviderSettings) -> AudioFormat:
+    """The engine format of the agent audio Deepgram is told to send."""
+    return _engine_format(cfg.output_encoding, cfg.output_sample_rate, "output")
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -138,45 +101,38 @@ def _as_int(value: Any, name: str) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
     raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
-def _function_settings(fn: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(fn) - _FUNCTION_KEYS
-    name = fn.get("name")
-    if unknown:
-        raise ValueError(f"function {name!r}: unknown field(s) {sorted(unknown)}; allowed {sorted(_FUNCTION_KEYS)}")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"every function needs a non-empty 'name', got {fn!r}")
-    out: dict[str, Any] = {"name": name}
-    if fn.get("description") is not None:
-        out["description"] = str(fn["description"])
-    params = fn.get("parameters")
-    out["parameters"] = params if params is not None else {"type": "object", "properties": {}}
-    if not isinstance(out["parameters"], dict):
-        raise ValueError(f"function {name!r}: 'parameters' must be a JSON schema object")
-    endpoint = fn.get("endpoint")
-    if endpoint is not None:
-        if not isinstance(endpoint, dict) or not endpoint.get("url"):
-            raise ValueError(f"function {name!r}: 'endpoint' must be an object with a 'url'")
-        bad = set(endpoint) - _FUNCTION_ENDPOINT_KEYS
+def _function_settings(fn: DeepgramFunction) -> dict[str, Any]:
+    if not fn.name:
+        raise ValueError("every deepgram function needs a non-empty 'name'")
+    out: dict[str, Any] = {"name": fn.name}
+    if fn.description:
+        out["description"] = fn.description
+    out["parameters"] = dict(fn.parameters) if fn.parameters else {"type": "object", "properties": {}}
+    if fn.endpoint is not None:
+        if not fn.endpoint.get("url"):
+            raise ValueError(f"deepgram function {fn.name!r}: 'endpoint' needs a 'url'")
+        bad = set(fn.endpoint) - _FUNCTION_ENDPOINT_KEYS
         if bad:
-            raise ValueError(f"function {name!r}: unknown endpoint field(s) {sorted(bad)}")
-        out["endpoint"] = {k: v for k, v in endpoint.items() if v is not None}
+            raise ValueError(
+                f"deepgram function {fn.name!r}: unknown endpoint field(s) {sorted(bad)}; "
+                f"allowed {sorted(_FUNCTION_ENDPOINT_KEYS)}"
+            )
+        out["endpoint"] = {k: v for k, v in fn.endpoint.items() if v is not None}
     return out
 
 
-def build_settings(cfg: DeepgramConfig) -> dict[str, Any]:
-    """The v1 ``Settings`` message for ``cfg``. Optional values that are None are left out."""
+def build_settings(cfg: DeepgramProviderSettings) -> dict[str, Any]:
+    """The v1 ``Settings`` message for ``cfg``. Optional values that are empty are left out."""
     if cfg.output_container not in _OUTPUT_CONTAINERS:
         raise ValueError(f"deepgram output_container must be one of {_OUTPUT_CONTAINERS}, got {cfg.output_container!r}")
     think_provider: dict[str, Any] = {"type": cfg.think_provider, "model": cfg.think_model}
     if cfg.think_temperature is not None:
         think_provider["temperature"] = float(cfg.think_temperature)
     think: dict[str, Any] = {"provider": think_provider}
-    if cfg.prompt is not None:
+    if cfg.prompt:
         think["prompt"] = cfg.prompt
     if cfg.functions:
         think["functions"] = [_function_settings(fn) for fn in cfg.functions]
@@ -191,53 +147,30 @@ def build_settings(cfg: DeepgramConfig) -> dict[str, Any]:
     settings: dict[str, Any] = {"type": "Settings"}
     if cfg.tags:
         settings["tags"] = [str(t) for t in cfg.tags]
+    fmt_in, fmt_out = input_format(cfg), output_format(cfg)
     settings["audio"] = {
-        "input": {
-            "encoding": _deepgram_encoding(cfg.input_encoding, "input"),
-            "sample_rate": _as_int(cfg.input_sample_rate, "input_sample_rate"),
-        },
-        "output": {
-            "encoding": _deepgram_encoding(cfg.output_encoding, "output"),
-            "sample_rate": _as_int(cfg.output_sample_rate, "output_sample_rate"),
-            "container": cfg.output_container,
-        },
+        "input": {"encoding": cfg.input_encoding, "sample_rate": fmt_in.sample_rate},
+        "output": {"encoding": cfg.output_encoding, "sample_rate": fmt_out.sample_rate, "container": cfg.output_container},
     }
     settings["agent"] = agent
     return settings
 
 
-def _seconds_to_ms(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value) * 1000.0
-
-
-def _error_text(msg: dict[str, Any]) -> str:
-    for key in ("description", "message"):
-        value = msg.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return json.dumps(msg)
-
-
-def _code(msg: dict[str, Any]) -> str | None:
-    code = msg.get("code")
-    return None if code is None else str(code)
-
-
 class DeepgramSession(ProviderSession):
     """One call's Voice Agent conversation."""
 
-    def __init__(self, cfg: DeepgramConfig, ctx: CallContext | None = None) -> None:
-        fmt_in, fmt_out = cfg.input_format, cfg.output_format
+    def __init__(self, cfg: DeepgramProviderSettings, ctx: CallContext | None = None) -> None:
+        fmt_in, fmt_out = input_format(cfg), output_format(cfg)
         super().__init__(
             ProviderCapabilities(input_format=fmt_in, output_format=fmt_out, detects_turns=True, interruptible=True)
         )
         self.cfg = cfg
         self.ctx = ctx
         self._log = log.bind(call_id=ctx.call_id if ctx else None)
+        self.mapper = DeepgramEventMapper(self._log)
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -246,14 +179,13 @@ class DeepgramSession(ProviderSession):
         self._started = False
         self._starting = False  # inside start(): connection loss is start()'s to report
         self._lost_reason: str | None = None
-        self._ready = False  # SettingsApplied and the pre-settings buffer flushed
+        self._ready = False  # SettingsApplied and the pre-settings hold flushed
         self._closing = False
         self._closed = False
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._pending_limit = fmt_in.bytes_for_ms(cfg.pre_settings_buffer_ms)
         self._last_sent = 0.0
-        self._last_error: str | None = None
         self._close_reason: str | None = None
         self.request_id: str | None = None
         # Counters for logs, tests and the call record.
@@ -263,7 +195,6 @@ class DeepgramSession(ProviderSession):
             "audio_bytes_dropped": 0,
             "audio_bytes_received": 0,
             "keepalives_sent": 0,
-            "events_dropped": 0,
         }
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -272,7 +203,7 @@ class DeepgramSession(ProviderSession):
         if self._started:
             raise RuntimeError("DeepgramSession.start() called twice")
         self._started = True
-        if not self.cfg.api_key:
+        if not self.cfg.api_key.get_secret_value():
             await self._teardown("no API key", error=True)
             raise DeepgramAuthError("Deepgram API key is not set (set DEEPGRAM_API_KEY)")
         loop = asyncio.get_running_loop()
@@ -285,7 +216,7 @@ class DeepgramSession(ProviderSession):
             self.request_id = await self._wait(self._welcome, self.cfg.connect_timeout_s, "Welcome")
             try:
                 await self._send_json(settings)
-            except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            except _CONNECTION_ERRORS as exc:
                 raise DeepgramError(f"Deepgram connection lost while sending Settings: {exc}") from None
             self._log.info("deepgram settings sent", request_id=self.request_id)
             await self._wait(self._applied, self.cfg.settings_timeout_s, "SettingsApplied")
@@ -301,7 +232,7 @@ class DeepgramSession(ProviderSession):
         # No await since the check above: the reader cannot have quit unnoticed.
         self._starting = False
         self._last_sent = loop.time()
-        self._keepalive = asyncio.create_task(self._keepalive_loop(), name="deepgram-keepalive")
+        self._keepalive = spawn(self._keepalive_loop(), name="deepgram-keepalive", owner=self._tasks)
         self._log.info(
             "deepgram session ready",
             request_id=self.request_id,
@@ -311,7 +242,7 @@ class DeepgramSession(ProviderSession):
 
     async def _connect(self) -> None:
         self._http = aiohttp.ClientSession()
-        headers = {"Authorization": f"Token {self.cfg.api_key}"}
+        headers = {"Authorization": f"Token {self.cfg.api_key.get_secret_value()}"}
         try:
             self._ws = await asyncio.wait_for(
                 self._http.ws_connect(self.cfg.url, headers=headers, autoping=True, max_msg_size=0),
@@ -329,14 +260,15 @@ class DeepgramSession(ProviderSession):
             ) from None
         except aiohttp.ClientError as exc:
             raise DeepgramError(f"cannot connect to {self.cfg.url}: {exc}") from None
-        self._reader = asyncio.create_task(self._read_loop(), name="deepgram-reader")
+        self._reader = spawn(self._read_loop(), name="deepgram-reader", owner=self._tasks)
 
     async def _wait(self, fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
         except TimeoutError:
+            last = self.mapper.last_error
             raise DeepgramSettingsError(
-                f"Deepgram sent no {what} within {timeout:g}s" + (f" (last error: {self._last_error})" if self._last_error else "")
+                f"Deepgram sent no {what} within {timeout:g}s" + (f" (last error: {last})" if last else "")
             ) from None
 
     async def close(self, reason: str = "call ended") -> None:
@@ -350,18 +282,11 @@ class DeepgramSession(ProviderSession):
         self._close_reason = reason
         current = asyncio.current_task()
         for task in (self._keepalive, self._reader):
+            # A task that already ended had any crash logged by spawn(); the current
+            # task (the reader reporting a lost connection) finishes on its own.
             if task is not None and task is not current and not task.done():
-                task.cancel()
-        for task in (self._keepalive, self._reader):
-            if task is not None and task is not current:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), timeout=2.0)
-        if self._http is not None:
-            with contextlib.suppress(Exception):
-                await self._http.close()
+                await cancel_and_wait(task)
+        await self._close_socket()
         for fut in (self._welcome, self._applied):
             if fut is not None and not fut.done():
                 # A start() still waiting gets an error, not a CancelledError that
@@ -370,8 +295,22 @@ class DeepgramSession(ProviderSession):
                 fut.exception()
         self._pending.clear()
         self._pending_bytes = 0
-        self._log.info("deepgram session closed", reason=reason, error=error, **self.stats)
-        self._safe_emit(ProviderClosed(reason, error=error))
+        self._log.info(
+            "deepgram session closed", reason=reason, error=error, events_dropped=self.events_dropped, **self.stats
+        )
+        self._emit(ProviderClosed(reason, error=error))
+
+    async def _close_socket(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None and not ws.closed:
+            try:
+                await asyncio.wait_for(ws.close(), timeout=2.0)
+            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+                # Closing a socket that is already broken: nothing left to release.
+                self._log.debug("deepgram websocket close failed", error=repr(exc))
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     # ---- caller audio -----------------------------------------------------------------
 
@@ -379,11 +318,11 @@ class DeepgramSession(ProviderSession):
         if self._closed or not audio:
             return
         if not self._ready:
-            self._buffer(bytes(audio))
+            self._hold(bytes(audio))
             return
         await self._send_bytes(audio)
 
-    def _buffer(self, audio: bytes) -> None:
+    def _hold(self, audio: bytes) -> None:
         self._pending.append(audio)
         self._pending_bytes += len(audio)
         self.stats["audio_bytes_buffered"] += len(audio)
@@ -402,7 +341,7 @@ class DeepgramSession(ProviderSession):
                 )
 
     async def _flush_pending(self) -> None:
-        # send_audio keeps buffering until _ready flips, so order is preserved even if
+        # send_audio keeps holding until _ready flips, so order is preserved even if
         # the caller feeds audio while this loop awaits the socket.
         while self._pending:
             chunk = self._pending.popleft()
@@ -417,7 +356,7 @@ class DeepgramSession(ProviderSession):
         try:
             async with self._send_lock:
                 await ws.send_bytes(data)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+        except _CONNECTION_ERRORS as exc:
             # The reader sees the closed socket and reports it; the engine must not
             # get an exception out of the audio path.
             self._log.debug("deepgram audio send failed", error=str(exc))
@@ -438,28 +377,25 @@ class DeepgramSession(ProviderSession):
             return False
         try:
             await self._send_json(message)
-        except (DeepgramError, ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+        except (DeepgramError, *_CONNECTION_ERRORS) as exc:
             self._log.warning("deepgram control message not sent", type=message.get("type"), error=str(exc))
             return False
         return True
 
     async def _keepalive_loop(self) -> None:
+        # Send failures are expected (the socket went away: the reader reports it) and
+        # end the loop; anything else is a bug, logged with its traceback by spawn().
         loop = asyncio.get_running_loop()
         interval = self.cfg.keepalive_interval_s
-        try:
-            while not self._closing:
-                remaining = self._last_sent + interval - loop.time()
-                if remaining > 0:
-                    await asyncio.sleep(remaining)
-                    continue
-                if not await self._send_control({"type": "KeepAlive"}):
-                    return
-                self._last_sent = loop.time()
-                self.stats["keepalives_sent"] += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # never let a background task die noisily
-            self._log.warning("deepgram keepalive stopped", error=str(exc))
+        while not self._closing:
+            remaining = self._last_sent + interval - loop.time()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+                continue
+            if not await self._send_control({"type": "KeepAlive"}):
+                return
+            self._last_sent = loop.time()
+            self.stats["keepalives_sent"] += 1
 
     # ---- control messages -------------------------------------------------------------
 
@@ -470,9 +406,6 @@ class DeepgramSession(ProviderSession):
 
     async def update_prompt(self, text: str) -> bool:
         return await self._send_control({"type": "UpdatePrompt", "prompt": text})
-
-    async def update_speak(self, model: str, provider: str = "deepgram") -> bool:
-        return await self._send_control({"type": "UpdateSpeak", "speak": {"provider": {"type": provider, "model": model}}})
 
     async def inject_agent_message(self, text: str) -> bool:
         return await self._send_control({"type": "InjectAgentMessage", "message": text})
@@ -487,14 +420,6 @@ class DeepgramSession(ProviderSession):
 
     # ---- server messages --------------------------------------------------------------
 
-    def _safe_emit(self, event: ProviderEvent) -> None:
-        try:
-            self._emit(event)
-        except asyncio.QueueFull:
-            self.stats["events_dropped"] += 1
-            if self.stats["events_dropped"] == 1:
-                self._log.error("provider event queue full; engine not draining events", event=type(event).__name__)
-
     async def _read_loop(self) -> None:
         ws = self._ws
         assert ws is not None
@@ -505,9 +430,9 @@ class DeepgramSession(ProviderSession):
                 msg = await ws.receive()
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     self.stats["audio_bytes_received"] += len(msg.data)
-                    self._safe_emit(AgentAudio(msg.data))
+                    self._dispatch(self.mapper.handle_binary(msg.data))
                 elif msg.type == aiohttp.WSMsgType.TEXT:
-                    self._on_text(msg.data)
+                    self._dispatch(self.mapper.handle_text(msg.data))
                 elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                     close_code = ws.close_code if ws.close_code is not None else (
                         msg.data if isinstance(msg.data, int) else None
@@ -521,21 +446,45 @@ class DeepgramSession(ProviderSession):
                     break
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # network failure, or a bug in a handler: report, never raise
+        except _CONNECTION_ERRORS as exc:
             reason = f"Deepgram connection failed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug in the mapping: this call ends, the traceback is logged
+            self._log.exception("deepgram reader failed unexpectedly")
+            reason = f"Deepgram session failed: internal error {type(exc).__name__}: {exc}"
+        await self._lost(reason, code)
+
+    async def _lost(self, reason: str, code: str | None) -> None:
         if self._closing:
             return
-        if self._last_error:
-            reason += f"; last error: {self._last_error}"
+        if self.mapper.last_error:
+            reason += f"; last error: {self.mapper.last_error}"
         if self._starting:
             # start() is still running: it raises this reason and tears down.
             self._lost_reason = reason
             self._fail_handshake(reason)
             return
         self._log.warning("deepgram session lost", reason=reason)
-        self._safe_emit(ProviderError(reason, code=code, fatal=True))
+        self._emit(ProviderError(reason, code=code, fatal=True))
         # _teardown skips awaiting the current task (this reader).
         await self._teardown(reason, error=True)
+
+    def _dispatch(self, outputs: list[Any]) -> None:
+        for out in outputs:
+            if isinstance(out, Welcome):
+                if self._welcome is not None and not self._welcome.done():
+                    self._welcome.set_result(out.request_id)
+            elif isinstance(out, SettingsApplied):
+                if self._applied is not None and not self._applied.done():
+                    self._applied.set_result(None)
+            elif isinstance(out, SessionRejected):
+                # Settings refused (or anything else before they were applied): start() raises.
+                exc = DeepgramSettingsError(f"Deepgram rejected the session: {out.message}", out.code)
+                for fut in (self._welcome, self._applied):
+                    if fut is not None and not fut.done():
+                        fut.set_exception(exc)
+                        fut.exception()
+            else:
+                self._emit(out)
 
     def _fail_handshake(self, reason: str) -> None:
         exc_type = DeepgramSettingsError if self._welcome is not None and self._welcome.done() else DeepgramError
@@ -545,114 +494,18 @@ class DeepgramSession(ProviderSession):
                 # start() may already be gone (cancelled); don't let the loop warn.
                 fut.exception()
 
-    def _on_text(self, raw: str) -> None:
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            self._log.warning("deepgram sent non-JSON text", text=raw[:200])
-            return
-        if not isinstance(msg, dict):
-            self._log.debug("deepgram sent non-object JSON", text=raw[:200])
-            return
-        kind = msg.get("type")
-        if kind == "Welcome":
-            if self._welcome is not None and not self._welcome.done():
-                self._welcome.set_result(str(msg.get("request_id") or ""))
-        elif kind == "SettingsApplied":
-            if self._applied is not None and not self._applied.done():
-                self._applied.set_result(None)
-        elif kind == "ConversationText":
-            self._safe_emit(Transcript(role=str(msg.get("role", "")), text=str(msg.get("content", ""))))
-        elif kind == "UserStartedSpeaking":
-            self._safe_emit(UserStartedSpeaking())
-        elif kind == "AgentThinking":
-            self._safe_emit(AgentThinking(str(msg.get("content", ""))))
-        elif kind == "AgentStartedSpeaking":
-            self._safe_emit(
-                AgentStartedSpeaking(
-                    total_latency_ms=_seconds_to_ms(msg.get("total_latency")),
-                    tts_latency_ms=_seconds_to_ms(msg.get("tts_latency")),
-                    ttt_latency_ms=_seconds_to_ms(msg.get("ttt_latency")),
-                )
-            )
-        elif kind == "AgentAudioDone":
-            self._safe_emit(AgentAudioDone())
-        elif kind == "FunctionCallRequest":
-            self._on_function_call(msg)
-        elif kind == "Error":
-            self._on_error(msg)
-        elif kind == "Warning":
-            text = _error_text(msg)
-            self._log.warning("deepgram warning", description=text, code=_code(msg))
-            self._safe_emit(ProviderWarning(text, code=_code(msg)))
-        elif kind == "InjectionRefused":
-            text = str(msg.get("message") or "injection refused")
-            self._log.info("deepgram refused injected message", message=text)
-            self._safe_emit(ProviderWarning(f"InjectionRefused: {text}", code="InjectionRefused"))
-        elif kind in ("PromptUpdated", "SpeakUpdated", "ThinkUpdated", "ListenUpdated"):
-            self._log.info("deepgram update confirmed", type=kind)
-        else:
-            # History, FunctionCallResponse (server-side functions), LatencyReport, and
-            # whatever Deepgram adds later.
-            self._log.debug("deepgram message ignored", type=kind)
-
-    def _on_error(self, msg: dict[str, Any]) -> None:
-        text = _error_text(msg)
-        code = _code(msg)
-        self._last_error = text
-        self._log.warning("deepgram error", description=text, code=code)
-        if self._applied is not None and not self._applied.done():
-            # Settings refused (or anything else before they were applied): start() raises.
-            exc = DeepgramSettingsError(f"Deepgram rejected the session: {text}", code)
-            for fut in (self._welcome, self._applied):
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
-                    fut.exception()
-            return
-        self._safe_emit(ProviderError(text, code=code, fatal=False))
-
-    def _on_function_call(self, msg: dict[str, Any]) -> None:
-        functions = msg.get("functions")
-        if not isinstance(functions, list):
-            self._log.warning("deepgram FunctionCallRequest without functions", message=msg)
-            return
-        for fn in functions:
-            if not isinstance(fn, dict):
-                continue
-            raw = fn.get("arguments")
-            arguments: dict[str, Any]
-            if isinstance(raw, dict):
-                arguments = raw
-            else:
-                try:
-                    parsed = json.loads(raw) if isinstance(raw, str) and raw.strip() else {}
-                except ValueError:
-                    self._log.warning("deepgram function arguments are not JSON", name=fn.get("name"), arguments=raw)
-                    parsed = {"_raw": raw}
-                arguments = parsed if isinstance(parsed, dict) else {"_value": parsed}
-            client_side = fn.get("client_side")
-            self._safe_emit(
-                FunctionCallRequest(
-                    call_id=str(fn.get("id", "")),
-                    name=str(fn.get("name", "")),
-                    arguments=arguments,
-                    client_side=True if client_side is None else bool(client_side),
-                )
-            )
-
 
 class DeepgramProvider(Provider):
     name = "deepgram"
 
-    def __init__(self, config: DeepgramConfig) -> None:
+    def __init__(self, config: DeepgramProviderSettings) -> None:
         self.config = config
 
     def availability(self) -> tuple[bool, str]:
-        if not self.config.api_key:
+        if not self.config.api_key.get_secret_value():
             return False, "set DEEPGRAM_API_KEY (the Deepgram API key) to use the deepgram provider"
         try:
             build_settings(self.config)
-            _ = self.config.input_format, self.config.output_format
         except ValueError as exc:
             return False, f"invalid deepgram configuration: {exc}"
         return True, "ok"
