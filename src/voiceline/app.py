@@ -113,7 +113,8 @@ class App:
             self.history = CallHistory(settings.history.url.get_secret_value())
             await self.history.start()
         if settings.http.enabled:
-            self.http = TelemetryServer(settings.http, metrics=self.metrics, health=self.health, ready=self.readiness)
+            self.http = TelemetryServer(settings.http, metrics=self.metrics, health=self.health, ready=self.readiness,
+                                        history=self.history)
             await self.http.start()
         if self.ari is not None:
             await self.ari.open()
