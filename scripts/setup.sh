@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-for pkg in python3 python3-venv python3-dev gcc debootstrap sip-tester tshark espeak-ng sox curl iproute2 procps; do
+# chromium + fonts-dejavu-core: the operator console's end-to-end test drives headless Chromium.
+for pkg in python3 python3-venv python3-dev gcc debootstrap sip-tester tshark espeak-ng sox curl iproute2 procps \
+           chromium fonts-dejavu-core; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
