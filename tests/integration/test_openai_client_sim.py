@@ -12,6 +12,7 @@ import pytest
 
 from voiceline.audio import g711
 from voiceline.audio.formats import AudioFormat
+from voiceline.config import OpenAIRealtimeProviderSettings, OpenAITurnDetection
 from voiceline.providers.base import (
     AgentAudio,
     AgentAudioDone,
@@ -23,10 +24,8 @@ from voiceline.providers.base import (
     UserStartedSpeaking,
 )
 from voiceline.providers.openai_realtime import (
-    OpenAIRealtimeConfig,
     OpenAIRealtimeError,
     OpenAIRealtimeSession,
-    TurnDetectionConfig,
 )
 from voiceline.sim.openai_sim import OpenAIRealtimeSimulator
 from voiceline.sim.speech import synthesize
@@ -71,10 +70,10 @@ async def _sim(**kw: Any) -> OpenAIRealtimeSimulator:
     return sim
 
 
-def _config(sim: OpenAIRealtimeSimulator, **kw: Any) -> OpenAIRealtimeConfig:
+def _config(sim: OpenAIRealtimeSimulator, **kw: Any) -> OpenAIRealtimeProviderSettings:
     kw.setdefault("api_key", "sk-sim")
     kw.setdefault("connect_timeout_s", 5.0)
-    return OpenAIRealtimeConfig(url=sim.url, **kw)
+    return OpenAIRealtimeProviderSettings(url=sim.url, **kw)
 
 
 async def _collect(session: OpenAIRealtimeSession, until: type, timeout: float = 10.0) -> list[ProviderEvent]:
@@ -321,7 +320,8 @@ async def test_caller_barge_in_with_server_vad(loop_errors: list[dict[str, Any]]
 
 async def test_bad_session_update_raises_naming_problem(loop_errors: list[dict[str, Any]]) -> None:
     sim = await _sim()
-    bad_vad = TurnDetectionConfig(threshold=1.5)
+    # Out of range for the config model too; built unchecked to see the service's own check.
+    bad_vad = OpenAITurnDetection.model_construct(**{**OpenAITurnDetection().model_dump(), "threshold": 1.5})
     session = OpenAIRealtimeSession(_config(sim, turn_detection=bad_vad))
     try:
         with pytest.raises(OpenAIRealtimeError, match=r"session\.audio\.input\.turn_detection\.threshold"):
@@ -347,7 +347,7 @@ async def test_auth_failures(loop_errors: list[dict[str, Any]]) -> None:
             await OpenAIRealtimeSession(_config(sim, api_key="sk-wrong")).start()
         assert sim.rejected[-1]["code"] == "invalid_api_key"
         with pytest.raises(OpenAIRealtimeError, match="API key"):
-            await OpenAIRealtimeSession(OpenAIRealtimeConfig(url=sim.url)).start()
+            await OpenAIRealtimeSession(OpenAIRealtimeProviderSettings(url=sim.url)).start()
     finally:
         await sim.stop()
     _assert_clean(loop_errors)
@@ -358,7 +358,7 @@ async def test_connect_refused(loop_errors: list[dict[str, Any]]) -> None:
     url = sim.url
     await sim.stop()
     with pytest.raises(OpenAIRealtimeError, match="cannot connect"):
-        await OpenAIRealtimeSession(OpenAIRealtimeConfig(url=url, api_key="k", connect_timeout_s=2)).start()
+        await OpenAIRealtimeSession(OpenAIRealtimeProviderSettings(url=url, api_key="k", connect_timeout_s=2)).start()
     _assert_clean(loop_errors)
 
 

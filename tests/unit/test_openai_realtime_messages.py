@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from voiceline.audio.formats import AudioFormat
+from voiceline.config import OpenAIRealtimeProviderSettings, OpenAITurnDetection
 from voiceline.providers.base import (
     AgentAudio,
     AgentAudioDone,
@@ -19,12 +20,10 @@ from voiceline.providers.base import (
     UserStartedSpeaking,
 )
 from voiceline.providers.openai_realtime import (
-    OpenAIRealtimeConfig,
     OpenAIRealtimeError,
     OpenAIRealtimeProvider,
     OpenAIRealtimeSession,
     RealtimeEventMapper,
-    TurnDetectionConfig,
     build_audio_append,
     build_greeting,
     build_headers,
@@ -43,9 +42,9 @@ from voiceline.sim.openai_sim import (
 MULAW = AudioFormat("mulaw", 8000)
 
 
-def cfg(**kw) -> OpenAIRealtimeConfig:
+def cfg(**kw) -> OpenAIRealtimeProviderSettings:
     kw.setdefault("api_key", "sk-test")
-    return OpenAIRealtimeConfig(**kw)
+    return OpenAIRealtimeProviderSettings(**kw)
 
 
 # ---- session.update ---------------------------------------------------------------------
@@ -129,10 +128,16 @@ def test_simulator_schema_rejects_beta_keys_on_ga() -> None:
 
 def test_turn_detection_from_mapping() -> None:
     c = cfg(turn_detection={"silence_duration_ms": 800, "threshold": 0.6})
-    assert isinstance(c.turn_detection, TurnDetectionConfig)
+    assert isinstance(c.turn_detection, OpenAITurnDetection)
     s = build_session_update(c)["session"]
     assert s["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 800
     assert s["audio"]["input"]["turn_detection"]["prefix_padding_ms"] == 300
+
+
+def test_defaults_are_the_config_models() -> None:
+    session = build_session_update(cfg())["session"]
+    assert session["instructions"] == OpenAIRealtimeProviderSettings.model_fields["instructions"].default
+    assert session["audio"]["output"]["voice"] == OpenAIRealtimeProviderSettings.model_fields["voice"].default
 
 
 def test_config_validation() -> None:
@@ -152,7 +157,7 @@ def test_headers_per_shape() -> None:
         "OpenAI-Beta": "realtime=v1",
     }
     with pytest.raises(OpenAIRealtimeError):
-        build_headers(OpenAIRealtimeConfig())
+        build_headers(OpenAIRealtimeProviderSettings())
 
 
 def test_url_has_model() -> None:
@@ -183,7 +188,7 @@ def test_capabilities_and_availability() -> None:
     p = OpenAIRealtimeSession(cfg(audio_format="pcm16"))
     assert p.capabilities.output_format == AudioFormat("slin16", 24000)
     assert not OpenAIRealtimeSession(cfg(turn_detection=None)).capabilities.detects_turns
-    provider = OpenAIRealtimeProvider(OpenAIRealtimeConfig())
+    provider = OpenAIRealtimeProvider(OpenAIRealtimeProviderSettings())
     assert provider.name == "openai_realtime"
     ok, reason = provider.availability()
     assert not ok and "OPENAI_API_KEY" in reason

@@ -22,14 +22,14 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import structlog
 
 from voiceline.audio.formats import AudioFormat
+from voiceline.config import OpenAIRealtimeProviderSettings
 from voiceline.providers.base import (
     AgentAudio,
     AgentAudioDone,
@@ -49,9 +49,6 @@ from voiceline.providers.base import (
 
 log = structlog.get_logger(__name__)
 
-ApiShape = Literal["ga", "beta"]
-WireFormat = Literal["g711_ulaw", "g711_alaw", "pcm16"]
-
 # wire format name -> (engine AudioFormat, GA format object, beta format string)
 _WIRE_FORMATS: dict[str, tuple[AudioFormat, dict[str, Any], str]] = {
     "g711_ulaw": (AudioFormat("mulaw", 8000), {"type": "audio/pcmu"}, "g711_ulaw"),
@@ -69,82 +66,34 @@ class OpenAIRealtimeError(Exception):
     """The session could not be established (connect, auth, or configuration rejected)."""
 
 
-@dataclass
-class TurnDetectionConfig:
-    """Server-side voice activity detection (``server_vad``)."""
-
-    type: str = "server_vad"
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-
-    def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class OpenAIRealtimeConfig:
-    api_key: str | None = None
-    url: str = "wss://api.openai.com/v1/realtime"
-    model: str = "gpt-realtime"
-    voice: str = "alloy"
-    instructions: str = (
-        "You are a helpful voice assistant answering a phone call. "
-        "Keep your answers short and conversational."
-    )
-    # Said once right after the session is configured, if set.
-    greeting: str | None = None
-    audio_format: WireFormat = "g711_ulaw"
-    api_shape: ApiShape = "ga"
-    # None turns server turn detection off (the engine would then have to commit).
-    turn_detection: TurnDetectionConfig | None = field(default_factory=TurnDetectionConfig)
-    # Model used for the caller-side transcript; None disables user transcripts.
-    transcription_model: str | None = "whisper-1"
-    # Function tools in the Realtime "function" tool shape (type/name/description/parameters).
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    connect_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.turn_detection, Mapping):
-            self.turn_detection = TurnDetectionConfig(**dict(self.turn_detection))
-        if self.audio_format not in _WIRE_FORMATS:
-            raise ValueError(
-                f"audio_format must be one of {sorted(_WIRE_FORMATS)}, got {self.audio_format!r}"
-            )
-        if self.api_shape not in ("ga", "beta"):
-            raise ValueError(f"api_shape must be 'ga' or 'beta', got {self.api_shape!r}")
-        if self.connect_timeout_s <= 0:
-            raise ValueError("connect_timeout_s must be positive")
-
-    @property
-    def engine_format(self) -> AudioFormat:
-        return _WIRE_FORMATS[self.audio_format][0]
+def engine_format(config: OpenAIRealtimeProviderSettings) -> AudioFormat:
+    """The engine format of ``config.audio_format`` (the same both ways)."""
+    return _WIRE_FORMATS[config.audio_format][0]
 
 
 # ---- pure message builders ------------------------------------------------------------
 
 
-def build_url(config: OpenAIRealtimeConfig) -> str:
+def build_url(config: OpenAIRealtimeProviderSettings) -> str:
     """The WebSocket URL with ``?model=`` added (existing query parameters kept)."""
     parts = urlsplit(config.url)
     query = parts.query + ("&" if parts.query else "") + urlencode({"model": config.model})
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-def build_headers(config: OpenAIRealtimeConfig) -> dict[str, str]:
-    if not config.api_key:
-        raise OpenAIRealtimeError("no OpenAI API key configured")
-    headers = {"Authorization": f"Bearer {config.api_key}"}
+def build_headers(config: OpenAIRealtimeProviderSettings) -> dict[str, str]:
+    api_key = config.api_key.get_secret_value()
+    if not api_key:
+        raise OpenAIRealtimeError("no OpenAI API key configured (set OPENAI_API_KEY)")
+    headers = {"Authorization": f"Bearer {api_key}"}
     if config.api_shape == "beta":
         headers["OpenAI-Beta"] = "realtime=v1"
     return headers
 
 
-def build_session_update(config: OpenAIRealtimeConfig) -> dict[str, Any]:
+def build_session_update(config: OpenAIRealtimeProviderSettings) -> dict[str, Any]:
     _, ga_format, beta_format = _WIRE_FORMATS[config.audio_format]
-    turn = config.turn_detection.to_wire() if config.turn_detection is not None else None
+    turn = config.turn_detection.model_dump() if config.turn_detection is not None else None
     transcription = (
         {"model": config.transcription_model} if config.transcription_model else None
     )
@@ -384,8 +333,8 @@ class RealtimeEventMapper:
 
 
 class OpenAIRealtimeSession(ProviderSession):
-    def __init__(self, config: OpenAIRealtimeConfig, ctx: CallContext | None = None) -> None:
-        fmt = config.engine_format
+    def __init__(self, config: OpenAIRealtimeProviderSettings, ctx: CallContext | None = None) -> None:
+        fmt = engine_format(config)
         super().__init__(
             ProviderCapabilities(
                 input_format=fmt,
@@ -494,7 +443,7 @@ class OpenAIRealtimeSession(ProviderSession):
                     if event is None:
                         continue
                     for out in self.mapper.handle(event):
-                        self._safe_emit(out)
+                        self._emit(out)
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     reason = f"WebSocket error: {ws.exception() or msg.data}"
                     break
@@ -509,15 +458,9 @@ class OpenAIRealtimeSession(ProviderSession):
         if reason is None:
             reason = f"OpenAI closed the socket (code {ws.close_code})"
         self._log.warning("openai_realtime.lost", reason=reason)
-        self._safe_emit(ProviderError(message=reason, code="connection_lost", fatal=True))
-        self._safe_emit(ProviderClosed(reason=reason, error=True))
+        self._emit(ProviderError(message=reason, code="connection_lost", fatal=True))
+        self._emit(ProviderClosed(reason=reason, error=True))
         await self._teardown(cancel_reader=False)
-
-    def _safe_emit(self, event: ProviderEvent) -> None:
-        try:
-            self._emit(event)
-        except asyncio.QueueFull:
-            self._log.error("openai_realtime.event_queue_full", dropped=type(event).__name__)
 
     async def close(self, reason: str = "call ended") -> None:
         if not self._closing:
@@ -552,8 +495,9 @@ class OpenAIRealtimeSession(ProviderSession):
         if ws is not None and not ws.closed:
             try:
                 await asyncio.wait_for(ws.close(), timeout=2.0)
-            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError):
-                pass
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
+                # Closing a socket that is already broken: nothing left to release.
+                self._log.debug("openai_realtime.close_failed", error=repr(exc))
         http, self._http = self._http, None
         if http is not None:
             await http.close()
@@ -605,11 +549,11 @@ def _decode(data: str) -> dict[str, Any] | None:
 class OpenAIRealtimeProvider(Provider):
     name = "openai_realtime"
 
-    def __init__(self, config: OpenAIRealtimeConfig) -> None:
+    def __init__(self, config: OpenAIRealtimeProviderSettings) -> None:
         self.config = config
 
     def availability(self) -> tuple[bool, str]:
-        if not self.config.api_key:
+        if not self.config.api_key.get_secret_value():
             return False, "no OpenAI API key: set OPENAI_API_KEY (or the provider's api_key)"
         return True, f"OpenAI Realtime {self.config.model} ({self.config.api_shape}, {self.config.audio_format})"
 
