@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
+from voiceline.audio import formats
+
 HEADER = struct.Struct(">BH")
 HEADER_SIZE = HEADER.size  # 3
 MAX_PAYLOAD = 0xFFFF
@@ -58,17 +60,12 @@ class ErrorCode(IntEnum):
 # so a packet capture reads correctly: "this call is being hung up".
 REFUSAL_ERROR_CODE = ErrorCode.HANGUP
 
-SLIN_RATES: dict[FrameKind, int] = {
-    FrameKind.SLIN_8K: 8000,
-    FrameKind.SLIN_12K: 12000,
-    FrameKind.SLIN_16K: 16000,
-    FrameKind.SLIN_24K: 24000,
-    FrameKind.SLIN_32K: 32000,
-    FrameKind.SLIN_44K: 44100,
-    FrameKind.SLIN_48K: 48000,
-    FrameKind.SLIN_96K: 96000,
-    FrameKind.SLIN_192K: 192000,
-}
+# The audio kinds carry the shared slin rates (audio.formats.SLIN_RATES) in order.
+_SLIN_KINDS = (
+    FrameKind.SLIN_8K, FrameKind.SLIN_12K, FrameKind.SLIN_16K, FrameKind.SLIN_24K, FrameKind.SLIN_32K,
+    FrameKind.SLIN_44K, FrameKind.SLIN_48K, FrameKind.SLIN_96K, FrameKind.SLIN_192K,
+)
+SLIN_RATES: dict[FrameKind, int] = dict(zip(_SLIN_KINDS, formats.SLIN_RATES, strict=True))
 _KIND_FOR_RATE: dict[int, FrameKind] = {rate: kind for kind, rate in SLIN_RATES.items()}
 _KNOWN_KIND_BYTES = frozenset(int(kind) for kind in FrameKind)
 

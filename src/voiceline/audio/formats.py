@@ -48,3 +48,19 @@ class AudioFormat:
 
 SLIN_8K = AudioFormat("slin16", 8000)
 MULAW_8K = AudioFormat("mulaw", 8000)
+
+# The signed-linear rates Asterisk carries, with each one's Asterisk format name
+# (ARI externalMedia ``format``, dialplan codec). AudioSocket has one audio frame
+# kind per rate (0x10-0x18, in this order) and the config accepts exactly these.
+SLIN_FORMAT_NAMES: dict[int, str] = {
+    8000: "slin",
+    12000: "slin12",
+    16000: "slin16",
+    24000: "slin24",
+    32000: "slin32",
+    44100: "slin44",
+    48000: "slin48",
+    96000: "slin96",
+    192000: "slin192",
+}
+SLIN_RATES: tuple[int, ...] = tuple(SLIN_FORMAT_NAMES)

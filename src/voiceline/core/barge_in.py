@@ -76,9 +76,8 @@ reference and the inbound frame belong to the same slot; if the engine's send pa
 buffers more than a frame beyond that, raise ``echo_tail_ms`` by as much.
 
 Sample rates: webrtcvad takes 8/16/32/48 kHz; any other rate is resampled per frame
-(statelessly, soxr) to 16 kHz for the VAD only. A stateless resample is slightly off
-at frame edges, which does not matter for a speech/non-speech flag; RMS and the echo
-test use the original samples.
+to 16 kHz for the VAD only (``voiceline.audio.vad``); RMS and the echo test use the
+original samples.
 """
 
 from __future__ import annotations
@@ -87,19 +86,14 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-import soxr
-import webrtcvad
+from typing import Any, Protocol
 
 from voiceline.audio.levels import slin_rms
-
-if TYPE_CHECKING:
-    from voiceline.config import BargeInSettings
+from voiceline.audio.vad import VAD_FRAME_MS, VoiceActivity
 
 __all__ = [
     "PROTECTED_DROP_LOG_MESSAGE",
+    "BargeInConfig",
     "BargeInDetector",
     "BargeInParams",
     "BargeInStats",
@@ -109,9 +103,6 @@ __all__ = [
 # The engine logs this once per protection window when it drops inbound frames.
 PROTECTED_DROP_LOG_MESSAGE = "Dropping inbound AudioSocket audio during TTS playback"
 
-_VAD_RATES = (8000, 16000, 32000, 48000)
-_VAD_FALLBACK_RATE = 16000
-_VAD_FRAME_MS = (10, 20, 30)
 
 # Noise floor = minimum frame RMS over NOISE_FLOOR_BLOCKS blocks of NOISE_FLOOR_BLOCK_MS
 # (minimum statistics). 2 s is long enough to always contain a pause between the
@@ -124,6 +115,19 @@ NOISE_FLOOR_BLOCKS = 4
 def _frames_for(ms: float, frame_ms: int) -> int:
     """Frames needed to cover ``ms`` (ceil: never shorter than configured)."""
     return math.ceil(ms / frame_ms) if ms > 0 else 0
+
+
+class BargeInConfig(Protocol):
+    """The ``barge_in:`` config section as this module reads it (the config's
+    ``BargeInSettings``; the core does not import the config)."""
+
+    enabled: bool
+    min_ms: int
+    energy_threshold: int
+    vad_aggressiveness: int
+    cooldown_ms: int
+    initial_protection_ms: int
+    soft_pause_ms: int
 
 
 @dataclass(frozen=True)
@@ -174,8 +178,8 @@ class BargeInParams:
     def __post_init__(self) -> None:
         if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive int, got {self.sample_rate!r}")
-        if self.frame_ms not in _VAD_FRAME_MS:
-            raise ValueError(f"frame_ms must be one of {_VAD_FRAME_MS} (webrtcvad frame sizes), got {self.frame_ms}")
+        if self.frame_ms not in VAD_FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {VAD_FRAME_MS} (webrtcvad frame sizes), got {self.frame_ms}")
         if self.sample_rate * self.frame_ms % 1000:
             raise ValueError(f"{self.frame_ms} ms at {self.sample_rate} Hz is not a whole number of samples")
         if self.min_ms <= 0:
@@ -196,7 +200,7 @@ class BargeInParams:
             raise ValueError(f"confirm_ratio must be in (0, 1], got {self.confirm_ratio}")
 
     @classmethod
-    def from_settings(cls, settings: BargeInSettings, sample_rate: int, **overrides: Any) -> BargeInParams:
+    def from_settings(cls, settings: BargeInConfig, sample_rate: int, **overrides: Any) -> BargeInParams:
         """Params from the config section for a call whose inbound audio is at ``sample_rate``."""
         values: dict[str, Any] = {
             "sample_rate": sample_rate,
@@ -312,9 +316,7 @@ class BargeInDetector:
     def __init__(self, params: BargeInParams) -> None:
         self.params = params
         self.stats = BargeInStats()
-        self._vad = webrtcvad.Vad(params.vad_aggressiveness)
-        self._vad_rate = params.sample_rate if params.sample_rate in _VAD_RATES else _VAD_FALLBACK_RATE
-        self._vad_frame_samples = self._vad_rate * params.frame_ms // 1000
+        self._vad = VoiceActivity(params.vad_aggressiveness, params.sample_rate, params.frame_ms)
         # Per-frame constants, kept off the hot path.
         self._frame_bytes = params.frame_bytes
         self._min_frames = params.min_frames
@@ -435,7 +437,7 @@ class BargeInDetector:
         # Run the VAD on every frame that gets here, even quiet ones: its noise model
         # adapts to what it is shown, and showing it only loud frames made it call
         # steady noise speech more often (measured on white noise at RMS 1000).
-        voiced = self._vad.is_speech(self._vad_input(frame), self._vad_rate)
+        voiced = self._vad.is_speech(frame)
         if rms < self._energy_threshold:
             return False
         if rms < self._noise_ratio * self._noise_floor.minimum:
@@ -449,18 +451,6 @@ class BargeInDetector:
             return False
         self.stats.speech_frames += 1
         return True
-
-    def _vad_input(self, frame: bytes) -> bytes:
-        if self._vad_rate == self.params.sample_rate:
-            return frame
-        samples = np.frombuffer(frame, dtype="<i2")
-        resampled = soxr.resample(samples, self.params.sample_rate, self._vad_rate)
-        # A stateless resample may come out a sample short or long; webrtcvad needs
-        # exact frame sizes.
-        fitted = np.zeros(self._vad_frame_samples, dtype="<i2")
-        n = min(len(resampled), self._vad_frame_samples)
-        fitted[:n] = resampled[:n]
-        return fitted.tobytes()
 
     def _open_episode(self, now: float) -> None:
         self._episode_open = True

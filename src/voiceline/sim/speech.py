@@ -20,9 +20,10 @@ from typing import Literal
 
 import numpy as np
 import soxr
-import webrtcvad
 
 from voiceline.audio import g711
+from voiceline.audio.levels import slin_rms
+from voiceline.audio.vad import VoiceActivity, vad_rate_for
 
 ESPEAK = "espeak-ng"
 
@@ -121,8 +122,6 @@ def decode_to_pcm(data: bytes, encoding: str) -> bytes:
 
 SpeechEventKind = Literal["speech_started", "speech_ended"]
 
-_VAD_RATES = (8000, 16000, 32000, 48000)
-
 
 @dataclass(frozen=True, slots=True)
 class SpeechEvent:
@@ -154,16 +153,15 @@ class SpeechDetector:
         start_ms: int = 100,
         end_ms: int = 600,
     ) -> None:
-        if frame_ms not in (10, 20, 30):
-            raise ValueError("frame_ms must be 10, 20 or 30 (webrtcvad frame sizes)")
         self.input_rate = sample_rate
-        self.vad_rate = sample_rate if sample_rate in _VAD_RATES else 16000
+        # Resampled here as one stream (stateful), so the VAD gets frames at its own rate.
+        self.vad_rate = vad_rate_for(sample_rate)
         self._resampler = (
             soxr.ResampleStream(sample_rate, self.vad_rate, 1, dtype="int16")
             if self.vad_rate != sample_rate
             else None
         )
-        self._vad = webrtcvad.Vad(aggressiveness)
+        self._vad = VoiceActivity(aggressiveness, self.vad_rate, frame_ms)
         self.frame_ms = frame_ms
         self._frame_bytes = self.vad_rate * frame_ms // 1000 * 2
         self._floor = 32768.0 * 10 ** (energy_floor_dbfs / 20)
@@ -206,9 +204,7 @@ class SpeechDetector:
     def _frame(self, frame: bytes) -> SpeechEvent | None:
         index = self._frames
         self._frames += 1
-        samples = np.frombuffer(frame, dtype="<i2").astype(np.float64)
-        rms = float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
-        voiced = rms >= self._floor and self._vad.is_speech(frame, self.vad_rate)
+        voiced = slin_rms(frame) >= self._floor and self._vad.is_speech(frame)
         ms = self.frame_ms / 1000
         if not self.in_speech:
             if voiced:

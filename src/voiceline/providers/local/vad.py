@@ -19,10 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import webrtcvad
-
-_VAD_RATES = (8000, 16000, 32000, 48000)
-_VAD_FRAME_MS = (10, 20, 30)
+from voiceline.audio.vad import VAD_FRAME_MS as _VAD_FRAME_MS
+from voiceline.audio.vad import VAD_RATES as _VAD_RATES
+from voiceline.audio.vad import VoiceActivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +148,7 @@ class EndOfUtteranceDetector:
         self.min_frames = -(-min_utterance_ms // frame_ms)
         self.max_frames = -(-max_utterance_ms // frame_ms) if max_utterance_ms else None
         if is_speech is None:
-            vad = webrtcvad.Vad(aggressiveness)
-            rate = sample_rate
-
-            def is_speech(frame: bytes) -> bool:
-                return vad.is_speech(frame, rate)
-
+            is_speech = VoiceActivity(aggressiveness, sample_rate, frame_ms).is_speech
         self._is_speech = is_speech
         self.reset()
 
