@@ -147,7 +147,7 @@ def test_idle_stream_sends_a_silence_frame_every_tick(
 
 
 def test_ms_settings_become_frame_counts_with_ceil() -> None:
-    p = StreamParams(min_start_ms=110, low_watermark_ms=30, jitter_buffer_ms=1001)
+    p = StreamParams(min_start_ms=110, low_watermark_ms=30, max_buffer_ms=1001)
     s = OutboundStream("c", MULAW_8K, p)
     assert (s.min_start_frames, s.low_watermark_frames, s.capacity_frames) == (6, 2, 51)
     assert s.frame_bytes == 160
@@ -706,7 +706,7 @@ def test_close_ends_the_turn_with_call_ended() -> None:
 
 
 def test_overflow_drops_newest_frames_and_counts() -> None:
-    s = OutboundStream("c", SLIN_8K, StreamParams(jitter_buffer_ms=200))
+    s = OutboundStream("c", SLIN_8K, StreamParams(max_buffer_ms=200))
     a = rand_audio(50 * FRAME)
     assert s.push(a, 0.0) == 40
     s.end_turn(0.0)
@@ -716,7 +716,7 @@ def test_overflow_drops_newest_frames_and_counts() -> None:
 
 
 def test_queued_turns_share_the_capacity() -> None:
-    s = OutboundStream("c", SLIN_8K, StreamParams(jitter_buffer_ms=200))
+    s = OutboundStream("c", SLIN_8K, StreamParams(max_buffer_ms=200))
     s.push(rand_audio(8 * FRAME), 0.0)
     s.begin_turn(0.0)
     assert s.push(rand_audio(5 * FRAME), 0.0) == 3
@@ -806,7 +806,7 @@ def test_default_params_are_valid() -> None:
     p = StreamParams()
     p.validate()
     assert (p.chunk_size_ms, p.min_start_ms, p.low_watermark_ms) == (20, 120, 20)
-    assert (p.jitter_buffer_ms, p.fallback_timeout_ms, p.provider_grace_ms) == (
+    assert (p.max_buffer_ms, p.fallback_timeout_ms, p.provider_grace_ms) == (
         60_000,
         4000,
         500,
@@ -826,7 +826,7 @@ def test_default_params_are_valid() -> None:
             {"low_watermark_ms": 110},
             "low_watermark_ms",
         ),  # ceil: 6 frames == min_start frames
-        ({"jitter_buffer_ms": 100}, "jitter_buffer_ms"),
+        ({"max_buffer_ms": 100}, "max_buffer_ms"),
         ({"fallback_timeout_ms": 100}, "fallback_timeout_ms"),
         ({"provider_grace_ms": -1}, "provider_grace_ms"),
         ({"min_start_ms": 1.5}, "min_start_ms"),

@@ -97,7 +97,7 @@ class OutboundStream:
             )
         self.min_start_frames = params.frames(params.min_start_ms)
         self.low_watermark_frames = params.frames(params.low_watermark_ms)
-        self.capacity_frames = params.frames(params.jitter_buffer_ms)
+        self.capacity_frames = params.frames(params.max_buffer_ms)
         self._fallback_s = (
             params.fallback_timeout_ms / 1000.0 if params.fallback_timeout_ms else None
         )

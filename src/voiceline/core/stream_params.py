@@ -54,7 +54,7 @@ class StreamParams:
     nothing to send": pausing earlier never avoids silence, it only moves the gap
     earlier and can insert it needlessly (see the module docstring)."""
 
-    jitter_buffer_ms: int = 60_000
+    max_buffer_ms: int = 60_000
     """Capacity of queued agent audio per call (whole turns queued behind each other
     share it). This is a memory bound, not latency: playback is paced at real time
     and barge-in flushes everything. Providers often deliver a whole answer far
@@ -94,7 +94,7 @@ class StreamParams:
             "chunk_size_ms",
             "min_start_ms",
             "low_watermark_ms",
-            "jitter_buffer_ms",
+            "max_buffer_ms",
             "fallback_timeout_ms",
             "provider_grace_ms",
         ):
@@ -125,9 +125,9 @@ class StreamParams:
                 f" ({self.min_start_ms}) by at least one {chunk} ms frame, or a resumed"
                 " stream would pause again at once"
             )
-        if self.jitter_buffer_ms < self.min_start_ms:
+        if self.max_buffer_ms < self.min_start_ms:
             raise ValueError(
-                f"jitter_buffer_ms ({self.jitter_buffer_ms}) must be >= min_start_ms"
+                f"max_buffer_ms ({self.max_buffer_ms}) must be >= min_start_ms"
                 f" ({self.min_start_ms}), or a turn could never start"
             )
         if self.fallback_timeout_ms and self.fallback_timeout_ms <= self.min_start_ms:
