@@ -42,6 +42,9 @@ DEFAULT_RESPONSES: dict[tuple[str, str], tuple[int, Any]] = {
     ("DELETE", "/ari/playbacks/{playbackId}"): (204, None),
     ("GET", "/ari/channels/{channelId}/variable"): (200, {"value": "42"}),
     ("POST", "/ari/channels/{channelId}/variable"): (204, None),
+    ("POST", "/ari/channels/{channelId}/continue"): (204, None),
+    ("GET", "/ari/channels"): (200, [{"id": "chan-1", "name": "PJSIP/alice-1", "state": "Up"}]),
+    ("GET", "/ari/bridges"): (200, [{"id": "br-7", "bridge_type": "mixing", "channels": ["chan-1", "media-1"]}]),
 }
 
 
@@ -308,6 +311,15 @@ REST_CASES: list[tuple[str, RestCall, str, str, str, list[tuple[str, str]], Any,
     ("set_variable", lambda c: c.set_variable("chan-1", "VOICELINE_STATE", "talking"), "POST",
      "/ari/channels/{channelId}/variable", "/ari/channels/chan-1/variable",
      [("variable", "VOICELINE_STATE"), ("value", "talking")], None, None),
+    ("continue_in_dialplan", lambda c: c.continue_in_dialplan("chan-1"), "POST",
+     "/ari/channels/{channelId}/continue", "/ari/channels/chan-1/continue", [], None, True),
+    ("continue_in_dialplan_to", lambda c: c.continue_in_dialplan("chan-1", "after-ai", "s", 3), "POST",
+     "/ari/channels/{channelId}/continue", "/ari/channels/chan-1/continue",
+     [("context", "after-ai"), ("extension", "s"), ("priority", "3")], None, True),
+    ("list_channels", lambda c: c.list_channels(), "GET", "/ari/channels", "/ari/channels", [], None,
+     [{"id": "chan-1", "name": "PJSIP/alice-1", "state": "Up"}]),
+    ("list_bridges", lambda c: c.list_bridges(), "GET", "/ari/bridges", "/ari/bridges", [], None,
+     [{"id": "br-7", "bridge_type": "mixing", "channels": ["chan-1", "media-1"]}]),
 ]
 
 
@@ -342,14 +354,50 @@ def test_rest_cases_cover_every_registered_endpoint() -> None:
         (lambda c: c.destroy_bridge("gone"), ("DELETE", "/ari/bridges/{bridgeId}"), False),
         (lambda c: c.stop_playback("finished"), ("DELETE", "/ari/playbacks/{playbackId}"), False),
         (lambda c: c.get_variable("chan-1", "UNSET_VAR"), ("GET", "/ari/channels/{channelId}/variable"), None),
+        (lambda c: c.continue_in_dialplan("gone"), ("POST", "/ari/channels/{channelId}/continue"), False),
     ],
-    ids=["hangup", "destroy_bridge", "stop_playback", "get_variable"],
+    ids=["hangup", "destroy_bridge", "stop_playback", "get_variable", "continue_in_dialplan"],
 )
 async def test_not_found_means_already_gone(
     client: AriClient, fake_ari: FakeAri, call: RestCall, route: tuple[str, str], gone_result: Any
 ) -> None:
     fake_ari.responses[route] = (404, {"message": "Not found"})
     assert await call(client) is gone_result
+
+
+async def test_continue_for_a_channel_not_in_stasis_raises(client: AriClient, fake_ari: FakeAri) -> None:
+    fake_ari.responses[("POST", "/ari/channels/{channelId}/continue")] = (
+        409, {"message": "Channel not in Stasis application"}
+    )
+    with pytest.raises(AriError) as caught:
+        await client.continue_in_dialplan("chan-1")
+    assert caught.value.status == 409 and "not in Stasis" in caught.value.body
+
+
+@pytest.mark.parametrize("priority", [0, -1, True, "2"])
+async def test_continue_refuses_a_priority_that_is_not_a_positive_integer(
+    client: AriClient, fake_ari: FakeAri, priority: Any
+) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        await client.continue_in_dialplan("chan-1", "after-ai", "s", priority)
+    assert fake_ari.rest_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("call", "route"),
+    [
+        (lambda c: c.list_channels(), ("GET", "/ari/channels")),
+        (lambda c: c.list_bridges(), ("GET", "/ari/bridges")),
+    ],
+    ids=["list_channels", "list_bridges"],
+)
+@pytest.mark.parametrize("body", [{"id": "chan-1"}, ["chan-1"], "null"], ids=["object", "list-of-strings", "null"])
+async def test_listing_that_is_not_an_array_of_objects_raises(
+    client: AriClient, fake_ari: FakeAri, call: RestCall, route: tuple[str, str], body: Any
+) -> None:
+    fake_ari.responses[route] = (200, body)
+    with pytest.raises(AriError, match="array of objects"):
+        await call(client)
 
 
 async def test_unexpected_status_raises_with_asterisk_text(client: AriClient, fake_ari: FakeAri) -> None:

@@ -157,6 +157,16 @@ def test_default_bridge_type_is_a_documented_attribute(operations: dict[tuple[st
     assert set(_default("create_bridge", "bridge_type").split(",")) <= attributes
 
 
+def test_continue_priority_is_an_integer_and_listings_return_arrays(
+    operations: dict[tuple[str, str], Operation]
+) -> None:
+    # The client sends the priority as decimal digits and only accepts positive integers.
+    query = _params(_operation(operations, "POST", "/channels/{channelId}/continue"), "query")
+    assert query["priority"]["dataType"] == "int"
+    assert _operation(operations, "GET", "/channels")["responseClass"] == "List[Channel]"
+    assert _operation(operations, "GET", "/bridges")["responseClass"] == "List[Bridge]"
+
+
 def test_external_media_declares_audiosocket_parameters(operations: dict[tuple[str, str], Operation]) -> None:
     query = _params(_operation(operations, "POST", "/channels/externalMedia"), "query")
     assert "data" in query, "this Asterisk does not declare 'data' (the AudioSocket UUID) for externalMedia"
