@@ -34,6 +34,7 @@ from voiceline.asterisk.audiosocket_rules import (
     DtmfReceived,
     ErrorFrameReceived,
     Event,
+    NeedData,
     PeerClosed,
     PeerHangup,
     ProtocolViolation,
@@ -247,7 +248,7 @@ def run_rules(
             event = rules.next_event()
             if event is NEED_DATA:
                 return
-            assert not isinstance(event, type(NEED_DATA))
+            assert not isinstance(event, NeedData)
             events.append(event)
             if isinstance(event, UuidReceived):
                 if accept:

@@ -26,6 +26,7 @@ from voiceline.asterisk.audiosocket_rules import (
     DtmfReceived,
     ErrorFrameReceived,
     Event,
+    NeedData,
     PeerClosed,
     PeerHangup,
     ProtocolViolation,
@@ -49,7 +50,7 @@ def drain(rules: ConnectionRules, *, accept: bool = True) -> list[Event]:
         event = rules.next_event()
         if event is NEED_DATA:
             return events
-        assert not isinstance(event, type(NEED_DATA))
+        assert not isinstance(event, NeedData)
         events.append(event)
         if isinstance(event, UuidReceived):
             if accept:

@@ -27,11 +27,12 @@ from voiceline.asterisk.audiosocket_codec import (
     _encode_audio_kind,
 )
 from voiceline.asterisk.audiosocket_rules import (
-    NEED_DATA,
     AudioReceived,
     ConnectionRules,
     DtmfReceived,
     ErrorFrameReceived,
+    Event,
+    NeedData,
     PeerClosed,
     PeerHangup,
     ProtocolViolation,
@@ -300,11 +301,11 @@ class AudioSocketConnection(asyncio.Protocol):
         # A handler may close the connection from inside a callback: check before every event.
         while not self.closed:
             event = self._rules.next_event()
-            if event is NEED_DATA:
+            if isinstance(event, NeedData):
                 return
             self._handle(event)
 
-    def _handle(self, event: object) -> None:
+    def _handle(self, event: Event) -> None:
         if isinstance(event, AudioReceived):
             self._call_handler("on_audio", event.frame)
         elif isinstance(event, DtmfReceived):

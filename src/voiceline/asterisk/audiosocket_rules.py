@@ -63,6 +63,7 @@ __all__ = [
     "DtmfReceived",
     "ErrorFrameReceived",
     "Event",
+    "NeedData",
     "PeerClosed",
     "PeerHangup",
     "ProtocolViolation",
@@ -80,12 +81,14 @@ class ConnectionState(Enum):
     CLOSED = "closed"
 
 
-class _NeedData:
+class NeedData:
+    """The type of :data:`NEED_DATA` (one instance), for ``isinstance`` checks."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
+NEED_DATA = NeedData()
 """Returned by :meth:`ConnectionRules.next_event` when no whole frame is waiting."""
 
 
@@ -234,7 +237,7 @@ class ConnectionRules:
         """The peer closed its side; reported after the frames already received."""
         self._eof = True
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         if self.state is ConnectionState.AWAITING_DECISION:
             raise RuntimeError("the UUID must be answered with accept() or refuse() before the next event")
         if self.closed:
