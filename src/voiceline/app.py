@@ -6,73 +6,58 @@ import asyncio
 import dataclasses
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
 from voiceline.asterisk.ari import AriClient
+from voiceline.asterisk.ari_mode import AriMode
+from voiceline.asterisk.audiosocket_mode import AudioSocketMode
 from voiceline.asterisk.audiosocket import AudioSocketServer
-from voiceline.config import Settings, reveal_secrets
+from voiceline.config import Settings
+from voiceline.core.barge_in import BargeInParams
 from voiceline.core.call import Call
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.engine import Engine
 from voiceline.core.pacer import Pacer
 from voiceline.core.session_store import SessionStore
-from voiceline.core.stream_params import StreamParams
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 from voiceline.tasks import cancel_and_wait
 from voiceline.providers.base import Provider
-from voiceline.providers.deepgram import DeepgramConfig, DeepgramProvider
-from voiceline.providers.echo import EchoProvider
-from voiceline.providers.local import LocalAgentConfig, LocalAgentProvider
-from voiceline.providers.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeProvider
 from voiceline.providers.registry import ProviderRegistry
 from voiceline.telemetry.history import CallHistory
 from voiceline.telemetry.http import TelemetryServer
+from voiceline.telemetry.call_sink import TelemetrySink
 from voiceline.telemetry.metrics import Metrics
 from voiceline.telemetry.tuning import CallStreamingNumbers, format_hints, tuning_hints
+from voiceline.wiring import build_providers, build_stream_params
 
 log = structlog.get_logger("voiceline.app")
 
 
-def _plain(model) -> dict:
-    """A provider section as plain data with secrets revealed (unset ones as None)."""
-    return reveal_secrets(model.model_dump(mode="python"), empty_as_none=True)
-
-
-def build_providers(settings: Settings) -> dict[str, Provider]:
-    p = settings.providers
-    return {
-        "echo": EchoProvider(p.echo.delay_ms),
-        "deepgram": DeepgramProvider(DeepgramConfig(**_plain(p.deepgram))),
-        "openai_realtime": OpenAIRealtimeProvider(OpenAIRealtimeConfig(**_plain(p.openai_realtime))),
-        "local": LocalAgentProvider(LocalAgentConfig.from_dict(_plain(p.local))),
-    }
-
-
-def stream_params(settings: Settings) -> StreamParams:
-    s = settings.streaming
-    return StreamParams(
-        chunk_size_ms=s.chunk_size_ms,
-        min_start_ms=s.min_start_ms,
-        low_watermark_ms=s.low_watermark_ms,
-        jitter_buffer_ms=s.jitter_buffer_ms,
-        fallback_timeout_ms=s.fallback_timeout_ms,
-        provider_grace_ms=s.provider_grace_ms,
-        logging_level=s.logging_level,
-    )
-
-
 class App:
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] | None = None,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        """``providers``: already built by ``wiring.check_settings`` (else built here)."""
         self.settings = settings
         self._clock = clock
         self.metrics = Metrics()
         self.store = SessionStore()
         self.coordinator = ConversationCoordinator(self.store, on_gating_change=self.metrics.gating_changed)
-        self.providers = ProviderRegistry(build_providers(settings), settings.default_provider)
+        # Built once: the stream of every call and the tuning hints read the same params.
+        self.stream_params = build_stream_params(settings)
+        self.providers = ProviderRegistry(
+            providers if providers is not None else build_providers(settings), settings.default_provider
+        )
         self.ari: AriClient | None = None
         self.engine: Engine | None = None
+        self.ari_mode: AriMode | None = None
+        self.audiosocket_mode: AudioSocketMode | None = None
         self.audiosocket: AudioSocketServer | None = None
         self.pacer: Pacer | None = None
         self._events_task: asyncio.Task[None] | None = None
@@ -86,7 +71,7 @@ class App:
         clock = self._clock or loop.time
         settings = self.settings
         self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock)
-        streaming = StreamingPlaybackManager(stream_params(settings), self.pacer, clock=clock)
+        streaming = StreamingPlaybackManager(self.stream_params, self.pacer, clock=clock)
         if settings.mode == "ari":
             a = settings.asterisk
             self.ari = AriClient(
@@ -95,19 +80,34 @@ class App:
                 reconnect_initial_s=a.reconnect_initial_ms / 1000,
                 reconnect_max_s=a.reconnect_max_ms / 1000,
             )
+        s = settings.audiosocket
+        # A plain AudioSocket() leg is always 8 kHz; externalMedia runs at the configured rate.
+        wire_rate = s.sample_rate if settings.mode == "ari" else 8000
         self.engine = Engine(
-            settings, store=self.store, coordinator=self.coordinator, providers=self.providers,
-            streaming=streaming, metrics=self.metrics, ari=self.ari, clock=clock,
+            mode=settings.mode, store=self.store, coordinator=self.coordinator, providers=self.providers,
+            streaming=streaming, sink=TelemetrySink(self.metrics), clock=clock, wire_rate=wire_rate,
+            barge_in=BargeInParams.from_settings(settings.barge_in, wire_rate),
             on_call_ended=self._on_call_ended,
         )
-        s = settings.audiosocket
+        if self.ari is not None:
+            st = settings.streaming
+            self.ari_mode = AriMode(
+                self.engine, self.ari, self.metrics, app_name=settings.asterisk.app_name,
+                advertise_host=s.advertise_host, fallback_media_dir=st.fallback_media_dir,
+                fallback_media_uri=st.fallback_media_uri, clock=clock,
+            )
+            accept = self.ari_mode.accept
+        else:
+            self.audiosocket_mode = AudioSocketMode(self.engine, self.metrics)
+            accept = self.audiosocket_mode.accept
         # The listener must be up before ARI: Asterisk connects during the externalMedia POST.
         self.audiosocket = AudioSocketServer(
-            s.host, s.port, self.engine.accept_audiosocket, allowed_peers=s.allowed_peers,
+            s.host, s.port, accept, allowed_peers=s.allowed_peers,
             uuid_timeout_s=s.uuid_timeout_ms / 1000, write_limit_bytes=s.write_limit_bytes,
         )
         await self.audiosocket.start()
-        self.engine.set_audiosocket_port(self.audiosocket.bound_port)
+        if self.ari_mode is not None:
+            self.ari_mode.set_audiosocket_port(self.audiosocket.bound_port)
         self._started_at = clock()
         if settings.history.enabled:
             self.history = CallHistory(settings.history.url.get_secret_value())
@@ -118,7 +118,7 @@ class App:
             await self.http.start()
         if self.ari is not None:
             await self.ari.open()
-            self._events_task = asyncio.create_task(self.ari.run_events(self.engine.on_ari_event), name="ari-events")
+            self._events_task = asyncio.create_task(self.ari.run_events(self.ari_mode.on_event), name="ari-events")
         # Everything built so far lives for the whole run: move it out of the cyclic
         # GC's generations so full collections during calls stay short.
         gc.collect()
@@ -131,13 +131,12 @@ class App:
 
     def _on_call_ended(self, call: Call) -> None:
         session = call.session
-        self.metrics.call_gauges_close(session.call_id)
         stats = call.stream.stats.as_dict() if call.stream is not None else {}
         self.metrics.restarts_total.inc(int(stats.get("restarts", 0)))
         numbers = CallStreamingNumbers.from_stats(
             stats, pause_durations_ms=call.pause_durations_ms, barge_ins=session.conversation.barge_ins
         )
-        hint = format_hints(tuning_hints(numbers, self.settings.streaming))
+        hint = format_hints(tuning_hints(numbers, self.stream_params))
         summary = call_summary(call)
         summary["tuning_hint"] = hint
         log.info("call_summary", **summary)
@@ -149,7 +148,7 @@ class App:
                 "caller_id": session.caller_id,
                 "metrics": {"streaming": stats, "call": summary},
                 "transcript": list(session.transcript),
-                "timeline": call.timeline.events,
+                "timeline": call.sink.timeline_events(),
             })
 
     # ------------------------------------------------------------------ health
@@ -243,7 +242,7 @@ def call_summary(call: Call) -> dict:
         "inbound_dropped": c.inbound_dropped,
         "agent_bytes": c.agent_bytes,
         "provider_errors": c.provider_errors,
-        "frames_out": call.connection.frames_out if call.connection is not None else 0,
+        "frames_out": call.leg.frames_out if call.leg is not None else 0,
         "transcript_lines": len(session.transcript),
         "gating_transitions": session.conversation.gating_transitions,
     }

@@ -1,30 +1,32 @@
 """One live call's media runtime: caller audio in, provider events, agent audio out.
 
-The ``Call`` joins an AudioSocket connection, a provider session and the call's
-outbound stream. It implements the AudioSocket handler callbacks, which never
-block: inbound frames go through a bounded queue to a single sender task, and
-provider events are consumed by a single pump task, so everything of one call is
-handled in order by tasks the call owns and cancels.
+The ``Call`` joins a media leg (``core.media.MediaLeg``), a provider session and the
+call's outbound stream. Its inbound callbacks never block: caller frames go through
+a bounded queue to a single sender task, and provider events are consumed by a
+single pump task, so everything of one call is handled in order by tasks the call
+owns and cancels. Per-frame decisions (barge-in reactions, capture gating, the
+pre-roll) are made by the pure ``CallPolicy``; metrics and the timeline go to a
+``CallEventSink``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
-from voiceline.asterisk.audiosocket import AudioSocketConnection
-from voiceline.asterisk.audiosocket_codec import Frame, slin_kind_for_rate
 from voiceline.audio.formats import AudioFormat
 from voiceline.audio.levels import slin_rms
 from voiceline.audio.transcode import Transcoder
-from voiceline.core.barge_in import PROTECTED_DROP_LOG_MESSAGE, BargeInDetector, BargeInParams, Decision
+from voiceline.core.barge_in import PROTECTED_DROP_LOG_MESSAGE, BargeInDetector, BargeInParams
+from voiceline.core.call_policy import CallPolicy, GateChange, ReactionKind
 from voiceline.core.conversation_coordinator import ConversationCoordinator
+from voiceline.core.media import MediaLeg, PlaybackControl
 from voiceline.core.models import CallSession
+from voiceline.core.sink import CallEventSink
 from voiceline.core.stream_events import (
     FallbackRequested,
     StreamingEnded,
@@ -34,10 +36,8 @@ from voiceline.core.stream_events import (
     StreamState,
 )
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
-from voiceline.tasks import cancel_and_wait, spawn
 from voiceline.providers import base as pb
-from voiceline.telemetry.metrics import Metrics
-from voiceline.telemetry.timeline import TimelineRecorder
+from voiceline.tasks import cancel_and_wait, spawn
 
 log = structlog.get_logger("voiceline.call")
 
@@ -49,6 +49,9 @@ INBOUND_QUEUE_FRAMES = 50
 # not per frame, to keep the 20 ms path cheap.
 DEPTH_SAMPLE_INTERVAL_S = 0.2
 ENERGY_SAMPLE_INTERVAL_S = 0.1
+# Caller audio kept while capture is gated, so that after a confirmed barge-in the
+# provider hears the interruption from its first syllable, not from the confirmation.
+PREROLL_S = 0.6
 
 
 @dataclass(slots=True)
@@ -64,12 +67,6 @@ class CallCounters:
 
 
 EndCall = Callable[[str, str], Awaitable[None]]  # (call_id, reason)
-FallbackPlayer = Callable[[str, FallbackRequested], Awaitable[None]]
-PlaybackStopper = Callable[[str], Awaitable[None]]  # stop the call's ARI playback, if any
-
-# Caller audio kept while capture is gated, so that after a confirmed barge-in the
-# provider hears the interruption from its first syllable, not from the confirmation.
-PREROLL_S = 0.6
 
 
 class Call:
@@ -82,43 +79,39 @@ class Call:
         streaming: StreamingPlaybackManager,
         coordinator: ConversationCoordinator,
         end_call: EndCall,
-        play_fallback: FallbackPlayer | None,
+        playback: PlaybackControl | None,
         clock: Callable[[], float],
-        metrics: Metrics,
+        sink: CallEventSink,
         barge_in: BargeInParams | None = None,
-        stop_playback: PlaybackStopper | None = None,
+        starvation_s: float | None = None,
     ) -> None:
         self.session = session
         self.provider = provider
         self.wire_format = wire_format
         self.counters = CallCounters()
+        self.sink = sink
         self._streaming = streaming
         self._coordinator = coordinator
         self._end_call = end_call
-        self._play_fallback = play_fallback
+        self._playback = playback
         self._clock = clock
-        self._metrics = metrics
-        self.timeline = TimelineRecorder(start_s=clock())
         self.pause_durations_ms: list[float] = []
         self._next_depth_sample = 0.0
         self._next_energy_sample = 0.0
         caps = provider.capabilities
         self._to_provider = Transcoder(wire_format, caps.input_format)
         self._from_provider = Transcoder(caps.output_format, wire_format)
-        self._full_duplex = caps.full_duplex
-        self._wire_kind = slin_kind_for_rate(wire_format.sample_rate)
         # Full-duplex providers hear the caller all the time; there is nothing to barge into.
-        self._detector = BargeInDetector(barge_in) if barge_in is not None and barge_in.enabled \
-            and not self._full_duplex else None
-        self._stop_playback = stop_playback
-        self._preroll: deque[bytes] = deque(maxlen=max(1, int(PREROLL_S * 1000 / 20)))
+        detector = BargeInDetector(barge_in) if barge_in is not None and barge_in.enabled \
+            and not caps.full_duplex else None
+        self.policy = CallPolicy(detector, full_duplex=caps.full_duplex,
+                                 preroll_frames=max(1, int(PREROLL_S * 1000 / 20)), starvation_s=starvation_s)
         self._last_agent_frame: bytes | None = None
         self._last_agent_frame_at: float | None = None
-        self._protected_logged = False
         self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=INBOUND_QUEUE_FRAMES)
         self._tasks: set[asyncio.Task[object]] = set()
         self._ending_tasks: set[asyncio.Task[object]] = set()
-        self.connection: AudioSocketConnection | None = None
+        self.leg: MediaLeg | None = None
         self.stream = None
         self._provider_started = asyncio.Event()
         self.connected = asyncio.Event()
@@ -126,6 +119,10 @@ class Call:
         session.wire_format = str(wire_format)
         session.provider_input_format = str(caps.input_format)
         session.provider_output_format = str(caps.output_format)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,7 +136,7 @@ class Call:
             await self.provider.start()
         except Exception as exc:  # any failure to connect ends this call only
             self.counters.provider_errors += 1
-            self._metrics.provider_error(self.session.provider_name)
+            self.sink.provider_error()
             log.error("provider_start_failed", call_id=call_id, provider=self.session.provider_name, error=str(exc))
             await self._end_call(call_id, f"provider start failed: {exc}")
             return
@@ -147,35 +144,43 @@ class Call:
         spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
         await self._pump_provider_events()
 
-    def attach(self, connection: AudioSocketConnection) -> None:
-        """The AudioSocket connection for this call arrived: start the outbound stream."""
-        self.connection = connection
+    def attach(self, leg: MediaLeg) -> bool:
+        """The call's media leg arrived: start the outbound stream. False if the call
+        already ended (the caller must then refuse or hang up the leg)."""
+        self.leg = leg
         self.connected.set()
         self.stream = self._streaming.open(
             self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event
         )
+        return True
 
     def _send_frame(self, frame: bytes) -> None:
-        connection = self.connection
-        if connection is not None and not connection.closed:
-            connection.send_audio(frame, self._wire_kind)
+        leg = self.leg
+        if leg is not None and not leg.closed:
+            leg.send_frame(frame)
         now = self._clock()
+        stream = self.stream
         # The barge-in detector compares the caller's audio with what we just sent.
-        if self.stream is not None and self.stream.last_tick_sent_audio:
+        sent_audio = stream is not None and stream.last_tick_sent_audio
+        if sent_audio:
             self._last_agent_frame = frame
             self._last_agent_frame_at = now
         else:
             self._last_agent_frame = None
-        if now >= self._next_depth_sample and self.stream is not None:
-            self._next_depth_sample = now + DEPTH_SAMPLE_INTERVAL_S
-            self._sample_depth(now)
+        if stream is not None:
+            change = self.policy.frame_sent(sent_audio, stream.held, now)
+            if change is not None:
+                self._apply_gate(change)
+            if now >= self._next_depth_sample:
+                self._next_depth_sample = now + DEPTH_SAMPLE_INTERVAL_S
+                self.sink.buffer_depth(stream.depth_frames, self.session.tts_playing, now)
 
-    def _sample_depth(self, now: float) -> None:
-        depth = self.stream.depth_frames
-        self._metrics.jitter_depth.labels(self.session.call_id).set(depth)
-        if self.session.tts_playing:
-            self._metrics.buffer_depth.observe(depth)
-            self.timeline.depth_sample(depth, now_s=now)
+    def _apply_gate(self, change: GateChange) -> None:
+        call_id = self.session.call_id
+        if change.gate:
+            self._coordinator.on_tts_start(call_id, change.playback_id)
+        else:
+            self._coordinator.on_tts_end(call_id, change.playback_id, change.reason)
 
     async def close(self) -> None:
         """Stop everything this call owns. Idempotent."""
@@ -187,34 +192,48 @@ class Call:
             if task is not asyncio.current_task():
                 await cancel_and_wait(task)
         await self.provider.close("call ended")
-        if self.connection is not None and not self.connection.closed:
-            self.connection.send_hangup()
-            self.connection.close("call ended")
+        if self.leg is not None and not self.leg.closed:
+            self.leg.hangup()
 
-    @property
-    def owned_tasks(self) -> int:
-        return len(self._tasks)
+    # ------------------------------------------------------------------ inbound (from the media leg)
 
-    # ------------------------------------------------------------------ inbound (AudioSocketHandler)
-
-    def on_audio(self, frame: Frame) -> None:
+    def on_caller_audio(self, payload: bytes, sample_rate: int | None) -> None:
+        """One caller frame (signed linear at ``sample_rate``)."""
         self.counters.frames_in += 1
-        payload = frame.payload
         now = self._clock()
         if now >= self._next_energy_sample:
             self._next_energy_sample = now + ENERGY_SAMPLE_INTERVAL_S
-            self.timeline.energy_sample(slin_rms(payload), now_s=now)
-        if self._detector is not None and not self._watch_for_barge_in(payload, now):
-            return
-        if not (self._full_duplex or self.session.audio_capture_enabled):
+            self.sink.caller_energy(slin_rms(payload), now)
+        capture = self.session.audio_capture_enabled
+        reaction = self.policy.caller_frame(payload, now, capture_enabled=capture, reference=self._last_agent_frame)
+        kind = reaction.kind
+        if kind is not ReactionKind.NONE:
+            if kind is ReactionKind.DROP:
+                if reaction.first_drop:
+                    log.info(PROTECTED_DROP_LOG_MESSAGE, call_id=self.session.call_id)
+                return
+            self._react(kind, reaction.new_attempts, reaction.onset, now)
+            capture = self.session.audio_capture_enabled  # a barge-in may have reopened it
+        if not self.policy.admit(payload, capture_enabled=capture):
             self.counters.frames_gated += 1
-            self._preroll.append(payload)
             return
-        if self._preroll:
-            # Capture came back without a barge-in (the turn just ended): the gated
-            # audio is stale and must not be replayed at a later interruption.
-            self._preroll.clear()
         self._forward(payload)
+
+    def _react(self, kind: ReactionKind, new_attempts: int, onset: float | None, now: float) -> None:
+        if new_attempts:
+            self.session.conversation.barge_in_attempts += new_attempts
+            self.sink.barge_in_attempts(new_attempts)
+        stream = self.stream
+        if kind is ReactionKind.HOLD:
+            if stream is not None and stream.hold(now):
+                self.sink.mark("soft_pause", None, now)
+        elif kind is ReactionKind.RELEASE:
+            self.sink.barge_in_false_trigger()
+            if stream is not None and stream.held:
+                stream.release(now)
+                self.sink.mark("soft_resume", None, now)
+        elif kind is ReactionKind.BARGE_IN:
+            self._barge_in(now, source="local", onset=onset)
 
     def _forward(self, payload: bytes) -> None:
         if self._inbound.full():
@@ -222,72 +241,30 @@ class Call:
             self.counters.inbound_dropped += 1
         self._inbound.put_nowait(payload)
 
-    def _watch_for_barge_in(self, payload: bytes, now: float) -> bool:
-        """Feed the detector; False when the frame must be dropped (protection window)."""
-        detector = self._detector
-        playing = not self.session.audio_capture_enabled
-        if playing and not detector.in_playback:
-            detector.playback_started(now)
-            self._protected_logged = False
-        elif not playing and detector.in_playback:
-            detector.playback_stopped(now)
-        if len(payload) != detector.params.frame_bytes:
-            return True  # another ptime: no detection on this frame, gating still applies
-        decision = detector.feed(payload, now, reference=self._last_agent_frame)
-        if decision is Decision.NONE or decision is Decision.SPEECH_CANDIDATE:
-            return True
-        call_id = self.session.call_id
-        if decision is Decision.DROP_PROTECTED:
-            if not self._protected_logged:
-                self._protected_logged = True
-                log.info(PROTECTED_DROP_LOG_MESSAGE, call_id=call_id)
-            return False
-        self._sync_attempts()
-        if decision is Decision.SOFT_PAUSE:
-            if self.stream is not None and self.stream.hold(now):
-                self.timeline.add("soft_pause", None, now_s=now)
-        elif decision is Decision.RESUME:
-            self._metrics.barge_in_false_triggers_total.inc()
-            if self.stream is not None and self.stream.held:
-                self.stream.release(now)
-                self.timeline.add("soft_resume", None, now_s=now)
-        elif decision is Decision.CONFIRMED:
-            self._barge_in(now, source="local", onset=detector.stats.speech_onset)
-        return True
-
-    def _sync_attempts(self) -> None:
-        """Caller speech episodes during playback, from the detector, into session and metrics."""
-        attempts = self._detector.stats.attempts
-        new = attempts - self.session.conversation.barge_in_attempts
-        if new > 0:
-            self.session.conversation.barge_in_attempts = attempts
-            self._metrics.barge_in_attempts_total.inc(new)
-
     def _barge_in(self, now: float, *, source: str, onset: float | None) -> None:
         """The caller interrupted: silence the agent at once, let the provider hear the caller."""
         call_id = self.session.call_id
         stream_playing = self.stream is not None and self.stream.state is not StreamState.IDLE
-        playback = self.session.current_playback
-        ari_playing = playback is not None and not playback.finished
-        if not (stream_playing or ari_playing or self.session.tts_playing):
+        file_playing = self._playback is not None and self._playback.playing(call_id)
+        if not (stream_playing or file_playing or self.session.tts_playing):
             return  # nothing was playing: not an interruption
         played_ms = None
         if self.stream is not None:
             result = self.stream.flush(now, "barge-in")
             played_ms = result.played_ms
-        if ari_playing and self._stop_playback is not None:
-            spawn(self._stop_playback(call_id), name=f"stop-playback-{call_id}", owner=self._tasks)
+        if file_playing:
+            spawn(self._playback.stop_playbacks(call_id), name=f"stop-playback-{call_id}", owner=self._tasks)
         reaction_s = None
         if onset is not None and self._last_agent_frame_at is not None:
             reaction_s = max(0.0, self._last_agent_frame_at - onset)
         self.session.conversation.barge_ins += 1
-        self._metrics.barge_in(call_id, source, reaction_s)
-        self.timeline.add("barge_in", round(played_ms or 0), now_s=now)
+        self.sink.barge_in(source, reaction_s)
+        self.sink.mark("barge_in", round(played_ms or 0), now)
         log.info("barge_in", call_id=call_id, source=source, played_ms=played_ms,
                  reaction_ms=round(reaction_s * 1000, 1) if reaction_s is not None else None)
         # Capture is on again (the turn ended); hand the provider the interruption's start.
-        while self._preroll:
-            self._forward(self._preroll.popleft())
+        for payload in self.policy.take_preroll():
+            self._forward(payload)
         if self._provider_started.is_set():
             spawn(self.provider.interrupt(played_ms), name=f"interrupt-{call_id}", owner=self._tasks)
 
@@ -297,10 +274,10 @@ class Call:
         if self._provider_started.is_set():
             spawn(self.provider.send_dtmf(digit), name=f"dtmf-{self.session.call_id}", owner=self._tasks)
 
-    def on_error_frame(self, code: int | None) -> None:
+    def on_media_error(self, code: int | None) -> None:
         log.warning("audiosocket_error_frame", call_id=self.session.call_id, code=code)
 
-    def on_closed(self, reason: str) -> None:
+    def on_media_closed(self, reason: str) -> None:
         if self._ended:
             return
         # Not in self._tasks: ending the call cancels those, and this task is the one
@@ -332,23 +309,24 @@ class Call:
                         self.stream.push(self._from_provider.convert(data), self._clock())
                 case pb.AgentStartedSpeaking(total_latency_ms=latency_ms):
                     if latency_ms is not None:
-                        self._metrics.turn_latency.observe(latency_ms / 1000)
+                        self.sink.turn_latency(latency_ms / 1000)
                     if self.stream is not None:
                         now = self._clock()
                         turn_id = self.stream.begin_turn(now)
-                        self.timeline.add("turn_start", turn_id, now_s=now)
+                        self.sink.mark("turn_start", turn_id, now)
                 case pb.AgentAudioDone():
                     if self.stream is not None:
                         self.stream.end_turn(self._clock())
                 case pb.UserStartedSpeaking():
-                    self._on_user_started_speaking()
+                    # The provider heard the caller: drop queued agent audio at once (counted once).
+                    self._barge_in(self._clock(), source="provider", onset=None)
                 case pb.Transcript(role=role, text=text, final=final):
                     if final:
                         self.session.transcript.append({"t": round(time.time(), 3), "role": role, "text": text})
                         log.info("transcript", call_id=call_id, role=role, text=text)
                 case pb.ProviderError(message=message, code=code, fatal=fatal):
                     self.counters.provider_errors += 1
-                    self._metrics.provider_error(self.session.provider_name)
+                    self.sink.provider_error()
                     log.warning("provider_error", call_id=call_id, message=message, code=code, fatal=fatal)
                 case pb.ProviderWarning(message=message, code=code):
                     log.warning("provider_warning", call_id=call_id, message=message, code=code)
@@ -361,40 +339,32 @@ class Call:
                         await self._end_call(call_id, f"provider lost: {reason}")
                     return
 
-    def _on_user_started_speaking(self) -> None:
-        """The provider heard the caller: drop queued agent audio at once (counted once)."""
-        self._barge_in(self._clock(), source="provider", onset=None)
-
     # ------------------------------------------------------------------ stream events
 
     def _on_stream_event(self, event: object) -> None:
         call_id = self.session.call_id
         now = self._clock()
-        metrics = self._metrics
+        sink = self.sink
         if isinstance(event, StreamingStarted):
-            metrics.turns_total.inc()
-            metrics.first_frame_latency.observe(event.first_frame_latency_ms / 1000)
-            self.timeline.add("agent_on", event.turn_id, now_s=now)
-            self._coordinator.on_tts_start(call_id, self._turn_playback_id(event.turn_id))
+            sink.turn_started(event.first_frame_latency_ms / 1000)
+            sink.mark("agent_on", event.turn_id, now)
+            self._apply_gate(self.policy.turn_started(self._turn_playback_id(event.turn_id), now))
         elif isinstance(event, StreamingEnded):
-            metrics.pauses_total.inc(event.pauses)
-            metrics.late_chunks_total.inc(event.late_chunks_dropped)
-            if event.reason == "fallback":
-                metrics.fallback()
-            self.timeline.add("agent_off", event.turn_id, now_s=now)
-            self.timeline.add("turn_end", event.reason, now_s=now)
-            self._coordinator.on_tts_end(call_id, self._turn_playback_id(event.turn_id), event.reason)
+            sink.turn_ended(event.pauses, event.late_chunks_dropped, event.reason == "fallback")
+            sink.mark("agent_off", event.turn_id, now)
+            sink.mark("turn_end", event.reason, now)
+            self._apply_gate(self.policy.turn_ended(self._turn_playback_id(event.turn_id), event.reason))
         elif isinstance(event, StreamingPaused):
-            self.timeline.add("pause", event.depth, now_s=now)
+            sink.mark("pause", event.depth, now)
         elif isinstance(event, StreamingResumed):
             self.pause_durations_ms.append(event.paused_ms)
-            self.timeline.add("resume", round(event.paused_ms), now_s=now)
+            sink.mark("resume", round(event.paused_ms), now)
         elif isinstance(event, FallbackRequested):
-            self.timeline.add("fallback", event.turn_id, now_s=now)
-            if self._play_fallback is None:
-                log.warning("fallback_unavailable", call_id=call_id, reason="no ARI in this call-control mode")
+            sink.mark("fallback", event.turn_id, now)
+            if self._playback is None:
+                log.warning("fallback_unavailable", call_id=call_id, reason="no file playback in this call-control mode")
                 return
-            spawn(self._play_fallback(call_id, event), name=f"fallback-{call_id}", owner=self._tasks)
+            spawn(self._playback.play_fallback(call_id, event), name=f"fallback-{call_id}", owner=self._tasks)
 
     def _turn_playback_id(self, turn_id: str) -> str:
         return f"stream:{turn_id}"

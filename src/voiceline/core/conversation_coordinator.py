@@ -35,7 +35,6 @@ class ConversationCoordinator:
             return
         active.add(playback_id)
         session.conversation.tts_starts += 1
-        session.tts_playing = True
         self._set_capture(call_id, False)
 
     def on_tts_end(self, call_id: str, playback_id: str, reason: str) -> bool:
@@ -48,12 +47,8 @@ class ConversationCoordinator:
         session.conversation.tts_ends += 1
         session.conversation.end_reasons[reason] = session.conversation.end_reasons.get(reason, 0) + 1
         if not active:
-            session.tts_playing = False
             self._set_capture(call_id, True)
         return True
-
-    def is_playing(self, call_id: str, playback_id: str) -> bool:
-        return playback_id in self._active.get(call_id, ())
 
     def audio_capture_enabled(self, call_id: str) -> bool:
         session = self._store.get(call_id)

@@ -15,18 +15,6 @@ class CallState(enum.Enum):
 
 
 @dataclass(slots=True)
-class PlaybackRef:
-    """An ARI playback the engine started for a call (fallback or file prompt)."""
-
-    playback_id: str
-    call_id: str
-    channel_id: str
-    reason: str
-    started_at: float
-    finished: bool = False
-
-
-@dataclass(slots=True)
 class ConversationStats:
     tts_starts: int = 0
     tts_ends: int = 0
@@ -48,9 +36,8 @@ class CallSession:
     media_channel_id: str | None = None
     bridge_id: str | None = None
     state: CallState = CallState.SETTING_UP
+    # False while any agent playback of the call is active (set by the coordinator).
     audio_capture_enabled: bool = True
-    tts_playing: bool = False
-    current_playback: PlaybackRef | None = None
     wire_format: str = "slin16@8000"
     provider_input_format: str = ""
     provider_output_format: str = ""
@@ -59,6 +46,11 @@ class CallSession:
     end_reason: str | None = None
     ended_at: float | None = None
     provider_fallback_reason: str | None = None
+
+    @property
+    def tts_playing(self) -> bool:
+        """Agent audio is playing, i.e. the caller's audio is gated (the same flag)."""
+        return not self.audio_capture_enabled
 
     def codec_info(self) -> dict[str, str]:
         return {

@@ -70,6 +70,11 @@ class Metrics:
         self.gating_transitions_total = Counter(
             "ai_agent_capture_gating_transitions_total", "Caller-audio capture switched on or off", registry=r
         )
+        self.inbound_frames_refused_total = Counter(
+            "ai_agent_inbound_frames_refused_total",
+            "Caller frames dropped before the provider (wrong_rate: not the call's sample rate)",
+            ["reason"], registry=r,
+        )
         # per-call gauges (removed at call end)
         self.capture_enabled = Gauge(
             "ai_agent_audio_capture_enabled", "1 when caller audio goes to the provider", ["call_id"], registry=r

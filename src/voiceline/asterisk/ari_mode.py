@@ -1,0 +1,271 @@
+"""The ``ari`` call-control mode: Stasis events in, ARI REST out.
+
+A caller's channel entering our Stasis app is a call: answer it, put it in a mixing
+bridge, create an externalMedia channel (AudioSocket encapsulation) carrying the
+call's UUID; Asterisk connects that channel to our AudioSocket listener (during the
+POST) and the channel enters Stasis with its own StasisStart, after which it joins
+the bridge. StasisEnd/hangup of either channel ends the call. This module also
+plays stalled turns as files (the call's ``PlaybackControl``) and releases every
+ARI resource of a call at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from voiceline.asterisk.ari import AriClient, AriError
+from voiceline.asterisk.audiosocket import AudioSocketConnection
+from voiceline.asterisk.audiosocket_mode import AudioSocketLeg, attach_leg
+from voiceline.audio.formats import SLIN_FORMAT_NAMES
+from voiceline.core.call import Call
+from voiceline.core.engine import Engine
+from voiceline.core.models import CallState
+from voiceline.core.stream_events import FallbackRequested
+from voiceline.telemetry.metrics import Metrics
+
+__all__ = ["AriMode", "PROVIDER_VARIABLE"]
+
+log = structlog.get_logger("voiceline.ari_mode")
+
+PROVIDER_VARIABLE = "AI_PROVIDER"
+# How long the externalMedia channel may take to enter Stasis and connect to us.
+MEDIA_SETUP_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class Playback:
+    """A file playback started on the caller's channel (a stalled turn's audio)."""
+
+    playback_id: str
+    path: Path
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class _CallResources:
+    """What the setup created on the Asterisk side for one call."""
+
+    call: Call
+    channel_id: str
+    bridge_id: str | None = None
+    media_channel_id: str | None = None
+    current_playback: Playback | None = None
+    playbacks: dict[str, Playback] = field(default_factory=dict)
+
+
+class AriMode:
+    def __init__(
+        self,
+        engine: Engine,
+        ari: AriClient,
+        metrics: Metrics,
+        *,
+        app_name: str,
+        advertise_host: str,
+        fallback_media_dir: str,
+        fallback_media_uri: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.engine = engine
+        self.ari = ari
+        self._metrics = metrics
+        self._app_name = app_name
+        self._advertise_host = advertise_host
+        self._fallback_dir = Path(fallback_media_dir)
+        self._fallback_uri = fallback_media_uri.rstrip("/")
+        self._clock = clock
+        self._bound_port = 0
+        self._calls: dict[str, _CallResources] = {}
+        self._awaiting_media: dict[str, Call] = {}
+        self._media_stasis: dict[str, asyncio.Future[str]] = {}
+
+    def set_audiosocket_port(self, port: int) -> None:
+        self._bound_port = port
+
+    # ------------------------------------------------------------------ AudioSocket side
+
+    def accept(self, connection: AudioSocketConnection) -> AudioSocketLeg | None:
+        """AcceptFn: the externalMedia channel of a call being set up connected."""
+        conn_uuid = connection.uuid or ""
+        call = self._awaiting_media.pop(conn_uuid, None)
+        if call is None:
+            log.warning("audiosocket_unexpected_uuid", uuid=conn_uuid, peer=connection.peer[0])
+            self._metrics.audiosocket_refused("unknown-uuid")
+            return None
+        leg = attach_leg(call, connection)
+        if leg is not None:
+            call.session.state = CallState.ACTIVE
+        return leg
+
+    # ------------------------------------------------------------------ events
+
+    async def on_event(self, event: dict) -> None:
+        kind = event.get("type")
+        if kind == "StasisStart":
+            await self._on_stasis_start(event)
+        elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
+            channel_id = event.get("channel", {}).get("id", "")
+            session = self.engine.store.by_channel(channel_id)
+            if session is not None:
+                await self.engine.end_call(session.call_id, f"{kind} on {channel_id}")
+        elif kind == "PlaybackFinished":
+            self._on_playback_finished(event)
+        elif kind == "ApplicationReplaced":
+            log.error("ari_application_replaced", app=self._app_name)
+
+    async def _on_stasis_start(self, event: dict) -> None:
+        channel = event.get("channel", {})
+        channel_id = channel.get("id", "")
+        args = event.get("args") or []
+        if args and args[0] in self._media_stasis:
+            # The externalMedia channel entered the app (its StasisStart carries our UUID).
+            waiter = self._media_stasis[args[0]]
+            if not waiter.done():
+                waiter.set_result(channel_id)
+            return
+        if self.engine.store.by_channel(channel_id) is not None:
+            return  # a channel of a call we already handle
+        call_id = str(uuid.uuid4())
+        try:
+            requested = await self.ari.get_variable(channel_id, PROVIDER_VARIABLE)
+        except AriError as exc:
+            log.warning("ari_get_variable_failed", channel_id=channel_id, error=str(exc))
+            requested = None
+        caller = channel.get("caller", {}) or {}
+        call = self.engine.start_call(
+            call_id, requested_provider=requested, caller_channel_id=channel_id,
+            caller_id=caller.get("number"), variables={PROVIDER_VARIABLE: requested} if requested else {},
+            playback=self, release=self._release,
+        )
+        self._calls[call_id] = _CallResources(call, channel_id)
+        try:
+            await self._connect_media(call, channel_id)
+        except (AriError, asyncio.TimeoutError) as exc:
+            why = str(exc) or f"media channel not ready within {MEDIA_SETUP_TIMEOUT_S:.0f} s"
+            log.error("call_setup_failed", call_id=call_id, channel_id=channel_id, error=why)
+            await self.engine.end_call(call_id, f"setup failed: {why}")
+
+    async def _connect_media(self, call: Call, channel_id: str) -> None:
+        session = call.session
+        resources = self._calls[session.call_id]
+        await self.ari.answer(channel_id)
+        bridge = await self.ari.create_bridge("mixing", name=f"voiceline-{session.call_id}")
+        session.bridge_id = resources.bridge_id = bridge["id"]
+        await self.ari.add_channel(bridge["id"], [channel_id])
+        self._awaiting_media[session.call_id] = call
+        in_stasis = asyncio.get_running_loop().create_future()
+        self._media_stasis[session.call_id] = in_stasis
+        try:
+            media = await self.ari.external_media(
+                app=self._app_name,
+                external_host=f"{self._advertise_host}:{self._bound_port}",
+                data=session.call_id,
+                format=SLIN_FORMAT_NAMES[call.wire_format.sample_rate],
+            )
+            session.media_channel_id = resources.media_channel_id = media["id"]
+            self.engine.store.link_channel(session.call_id, media["id"])
+            # The channel can only join the bridge once it is in our Stasis app, and
+            # its StasisStart may come before or after the POST returns.
+            await asyncio.wait_for(in_stasis, MEDIA_SETUP_TIMEOUT_S)
+            await asyncio.wait_for(call.connected.wait(), MEDIA_SETUP_TIMEOUT_S)
+        finally:
+            self._media_stasis.pop(session.call_id, None)
+        await self.ari.add_channel(bridge["id"], [media["id"]])
+
+    # ------------------------------------------------------------------ file playback (PlaybackControl)
+
+    async def play_fallback(self, call_id: str, request: FallbackRequested) -> None:
+        """Play the rest of a stalled turn through ARI file playback on the caller's channel."""
+        resources = self._calls.get(call_id)
+        if resources is None or resources.call.ended:
+            return
+        call = resources.call
+        if not request.audio:
+            # The turn stalled before anything of it was left to play: nothing to hand over.
+            log.info("fallback_nothing_to_play", call_id=call_id, playback_id=request.playback_id)
+            return
+        name = request.playback_id
+        path = self._fallback_dir / f"{name}.sln{_rate_suffix(call.wire_format.sample_rate)}"
+        await asyncio.to_thread(_write_file, path, request.audio)
+        playback = Playback(name, path)
+        resources.current_playback = playback
+        coordinator = self.engine.coordinator
+        coordinator.on_tts_start(call_id, name)
+        try:
+            await self.ari.play(resources.channel_id, f"{self._fallback_uri}/{name}", playback_id=name)
+            log.info("fallback_playback_started", call_id=call_id, playback_id=name,
+                     audio_ms=call.wire_format.ms_for_bytes(len(request.audio)))
+        except AriError as exc:
+            log.error("fallback_playback_failed", call_id=call_id, playback_id=name, error=str(exc))
+            coordinator.on_tts_end(call_id, name, "fallback-failed")
+
+    def playing(self, call_id: str) -> bool:
+        resources = self._calls.get(call_id)
+        playback = resources.current_playback if resources is not None else None
+        return playback is not None and not playback.finished
+
+    async def stop_playbacks(self, call_id: str) -> None:
+        """Barge-in during an ARI playback: stop it (a 404 means it already finished)."""
+        resources = self._calls.get(call_id)
+        playback = resources.current_playback if resources is not None else None
+        if playback is None or playback.finished:
+            return
+        playback.finished = True  # PlaybackFinished for it will now be ignored: handled once
+        try:
+            stopped = await self.ari.stop_playback(playback.playback_id)
+        except AriError as exc:
+            log.warning("stop_playback_failed", call_id=call_id, playback_id=playback.playback_id, error=str(exc))
+            stopped = False
+        self.engine.coordinator.on_tts_end(call_id, playback.playback_id, "barge-in")
+        log.info("playback_stopped", call_id=call_id, playback_id=playback.playback_id, was_playing=stopped)
+
+    def _on_playback_finished(self, event: dict) -> None:
+        playback_id = event.get("playback", {}).get("id", "")
+        for call_id, resources in self._calls.items():
+            playback = resources.current_playback
+            if playback is not None and playback.playback_id == playback_id and not playback.finished:
+                playback.finished = True
+                self.engine.coordinator.on_tts_end(call_id, playback_id, "playback-finished")
+                return
+
+    # ------------------------------------------------------------------ teardown
+
+    async def _release(self, call: Call) -> None:
+        call_id = call.session.call_id
+        self._awaiting_media.pop(call_id, None)
+        resources = self._calls.pop(call_id, None)
+        if resources is None:
+            return
+        ari = self.ari
+        playback = resources.current_playback
+        steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
+        if playback is not None and not playback.finished:
+            steps.append(("stop_playback", lambda: ari.stop_playback(playback.playback_id)))
+        if resources.media_channel_id:
+            steps.append(("hangup_media", lambda: ari.hangup(resources.media_channel_id)))
+        if resources.bridge_id:
+            steps.append(("destroy_bridge", lambda: ari.destroy_bridge(resources.bridge_id)))
+        steps.append(("hangup_caller", lambda: ari.hangup(resources.channel_id)))
+        for step, action in steps:
+            try:
+                await action()  # a 404 (already gone) comes back as False, not an error
+            except AriError as exc:
+                log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
+
+
+def _rate_suffix(rate: int) -> str:
+    # Asterisk names raw slin files by rate: .sln (8 kHz), .sln16, .sln24, .sln48 ...
+    return "" if rate == 8000 else str(rate // 1000)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
