@@ -35,6 +35,10 @@ class ProviderCapabilities:
     # plays (no capture gating): diagnostics such as echo, or providers with
     # their own echo cancellation.
     full_duplex: bool = False
+    # True when send_audio may be called while start() is still running: the session
+    # holds caller audio through its own handshake (bounded, documented by the
+    # provider), so the engine forwards from the first frame and holds nothing itself.
+    takes_audio_during_start: bool = False
 
 
 # ---- events a provider session emits -------------------------------------------------
@@ -137,9 +141,8 @@ class ProviderSession(ABC):
 
     Subclasses push events with ``self._emit`` (the one emit policy, below); the engine
     consumes ``events()``. ``close`` must be idempotent and must end ``events()`` with
-    ``ProviderClosed``. ``send_audio`` may be called as soon as the session exists, also
-    while ``start()`` is still running: a session that cannot send yet holds the audio
-    (bounded) or drops it, and says which in its documentation.
+    ``ProviderClosed``. ``send_audio`` is called only after ``start()`` returned, unless
+    the session declares ``capabilities.takes_audio_during_start``.
     """
 
     capabilities: ProviderCapabilities

@@ -162,7 +162,14 @@ class DeepgramSession(ProviderSession):
     def __init__(self, cfg: DeepgramProviderSettings, ctx: CallContext | None = None) -> None:
         fmt_in, fmt_out = input_format(cfg), output_format(cfg)
         super().__init__(
-            ProviderCapabilities(input_format=fmt_in, output_format=fmt_out, detects_turns=True, interruptible=True)
+            ProviderCapabilities(
+                input_format=fmt_in,
+                output_format=fmt_out,
+                detects_turns=True,
+                interruptible=True,
+                # Held up to pre_settings_buffer_ms until SettingsApplied (_hold).
+                takes_audio_during_start=True,
+            )
         )
         self.cfg = cfg
         self.ctx = ctx
