@@ -55,8 +55,12 @@ class _CallResources:
     channel_id: str
     bridge_id: str | None = None
     media_channel_id: str | None = None
-    current_playback: Playback | None = None
+    # Every file playback of the call: a stalled turn can hand over two (-fallback
+    # and -fallback-rest), and capture stays gated until the last one finishes.
     playbacks: dict[str, Playback] = field(default_factory=dict)
+
+    def unfinished(self) -> list[Playback]:
+        return [p for p in self.playbacks.values() if not p.finished]
 
 
 class AriMode:
@@ -84,6 +88,7 @@ class AriMode:
         self._calls: dict[str, _CallResources] = {}
         self._awaiting_media: dict[str, Call] = {}
         self._media_stasis: dict[str, asyncio.Future[str]] = {}
+        self._playback_owner: dict[str, str] = {}  # playback id -> call id
 
     def set_audiosocket_port(self, port: int) -> None:
         self._bound_port = port
@@ -194,7 +199,8 @@ class AriMode:
         path = self._fallback_dir / f"{name}.sln{_rate_suffix(call.wire_format.sample_rate)}"
         await asyncio.to_thread(_write_file, path, request.audio)
         playback = Playback(name, path)
-        resources.current_playback = playback
+        resources.playbacks[name] = playback
+        self._playback_owner[name] = call_id
         coordinator = self.engine.coordinator
         coordinator.on_tts_start(call_id, name)
         try:
@@ -207,32 +213,34 @@ class AriMode:
 
     def playing(self, call_id: str) -> bool:
         resources = self._calls.get(call_id)
-        playback = resources.current_playback if resources is not None else None
-        return playback is not None and not playback.finished
+        return resources is not None and bool(resources.unfinished())
 
     async def stop_playbacks(self, call_id: str) -> None:
-        """Barge-in during an ARI playback: stop it (a 404 means it already finished)."""
+        """Barge-in during ARI playback: stop every playback of the call still running
+        (a 404 means it already finished)."""
         resources = self._calls.get(call_id)
-        playback = resources.current_playback if resources is not None else None
-        if playback is None or playback.finished:
+        if resources is None:
             return
-        playback.finished = True  # PlaybackFinished for it will now be ignored: handled once
-        try:
-            stopped = await self.ari.stop_playback(playback.playback_id)
-        except AriError as exc:
-            log.warning("stop_playback_failed", call_id=call_id, playback_id=playback.playback_id, error=str(exc))
-            stopped = False
-        self.engine.coordinator.on_tts_end(call_id, playback.playback_id, "barge-in")
-        log.info("playback_stopped", call_id=call_id, playback_id=playback.playback_id, was_playing=stopped)
+        for playback in resources.unfinished():
+            playback.finished = True  # PlaybackFinished for it will now be ignored: handled once
+            try:
+                stopped = await self.ari.stop_playback(playback.playback_id)
+            except AriError as exc:
+                log.warning("stop_playback_failed", call_id=call_id, playback_id=playback.playback_id,
+                            error=str(exc))
+                stopped = False
+            self.engine.coordinator.on_tts_end(call_id, playback.playback_id, "barge-in")
+            log.info("playback_stopped", call_id=call_id, playback_id=playback.playback_id, was_playing=stopped)
 
     def _on_playback_finished(self, event: dict) -> None:
         playback_id = event.get("playback", {}).get("id", "")
-        for call_id, resources in self._calls.items():
-            playback = resources.current_playback
-            if playback is not None and playback.playback_id == playback_id and not playback.finished:
-                playback.finished = True
-                self.engine.coordinator.on_tts_end(call_id, playback_id, "playback-finished")
-                return
+        call_id = self._playback_owner.pop(playback_id, None)
+        resources = self._calls.get(call_id) if call_id is not None else None
+        playback = resources.playbacks.get(playback_id) if resources is not None else None
+        if playback is None or playback.finished:
+            return
+        playback.finished = True
+        self.engine.coordinator.on_tts_end(call_id, playback_id, "playback-finished")
 
     # ------------------------------------------------------------------ teardown
 
@@ -243,10 +251,11 @@ class AriMode:
         if resources is None:
             return
         ari = self.ari
-        playback = resources.current_playback
         steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
-        if playback is not None and not playback.finished:
-            steps.append(("stop_playback", lambda: ari.stop_playback(playback.playback_id)))
+        for playback in resources.unfinished():
+            steps.append(("stop_playback", lambda p=playback.playback_id: ari.stop_playback(p)))
+        for playback_id in resources.playbacks:
+            self._playback_owner.pop(playback_id, None)
         if resources.media_channel_id:
             steps.append(("hangup_media", lambda: ari.hangup(resources.media_channel_id)))
         if resources.bridge_id:
