@@ -460,8 +460,9 @@ class AudioSocketServer:
     def stop_accepting(self) -> None:
         """Start draining: every new connection is closed at once, live ones go on. Idempotent.
 
-        The listener stays bound so the port is not taken by someone else meanwhile and
-        Asterisk gets an immediate close rather than waiting on a connect timeout.
+        The listener stays bound (the port stays ours until ``stop()``), and each refused
+        connection is counted in ``refused_while_draining``; Asterisk sees its socket closed
+        and ends that channel.
         Connections already made (even those still waiting for their UUID) are live calls
         and are left alone; ``stop()`` ends them.
         """
