@@ -236,3 +236,106 @@ def deepgram_sim(tmp_path):
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# Fault-injection helpers: what every fault case checks once the dust has settled.
+
+HTTP_URL = "http://127.0.0.1:9091"
+
+
+def http_get(path: str, timeout: float = 3.0) -> tuple[int, str]:
+    """GET on the engine's telemetry server; (status, body), 503 included."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(HTTP_URL + path, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ari_leftovers(lab) -> tuple[list[str], list[str]]:
+    """(channels, bridges) Asterisk still has, as 'id name' strings (ARI GET)."""
+    channels = [f"{c['id']} {c.get('name', '')}" for c in lab.ari_get("channels")]
+    bridges = [f"{b['id']} {b.get('name', '')} channels={b.get('channels', [])}" for b in lab.ari_get("bridges")]
+    return channels, bridges
+
+
+def assert_nothing_left_in_asterisk(lab, timeout: float = 10.0) -> None:
+    try:
+        wait_until(lambda: ari_leftovers(lab) == ([], []), timeout, "Asterisk to have no channels and no bridges")
+    except AssertionError:
+        channels, bridges = ari_leftovers(lab)
+        raise AssertionError(f"left in Asterisk after {timeout:g} s: channels {channels}, bridges {bridges}") from None
+
+
+def history_url(tmp_path: Path) -> str:
+    """The history database the ``engine`` fixture gives the engine."""
+    return f"sqlite:///{tmp_path}/calls.db"
+
+
+def history_rows(url: str) -> dict[str, dict]:
+    from voiceline.telemetry.history import HistoryStore
+
+    store = HistoryStore(url)
+    try:
+        return {row["call_id"]: row for row in store.list_calls(limit=100_000)}
+    finally:
+        store.close()
+
+
+def proc_usage(pid: int) -> tuple[float, int]:
+    """(resident set size in MiB, open file descriptors) of a process, from /proc."""
+    rss_kib = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kib = int(line.split()[1])
+    return rss_kib / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def assert_calls_ended_cleanly(proc: EngineProcess, lab, url: str, call_ids: list[str],
+                               history_timeout: float = 15.0) -> dict[str, str]:
+    """What every fault case asserts at its end: the engine still runs, each call
+    ended with a logged reason, Asterisk holds nothing, /metrics has no per-call
+    series left, and the history has a record of every call. Returns call -> reason."""
+    assert proc.proc.poll() is None, "the engine process died:\n" + "".join(proc.raw[-40:])
+    reasons = {}
+    for call_id in call_ids:
+        ended = proc.wait_for("call_ended", call_id=call_id, timeout=20)
+        reason = ended[0].get("reason")
+        assert isinstance(reason, str) and reason, f"call {call_id} ended without a reason: {ended[0]}"
+        reasons[call_id] = reason
+    assert_nothing_left_in_asterisk(lab)
+    status, metrics = http_get("/metrics")
+    assert status == 200
+    left = sorted({line.split("{")[0] for line in metrics.splitlines() if 'call_id="' in line})
+    assert not left, f"per-call metric series left after the calls: {left}"
+    missing = wait_until(lambda: not (set(call_ids) - set(history_rows(url))), history_timeout,
+                         "a history record of every call") and []
+    assert not missing
+    return reasons
+
+
+def derived_config(tmp_path: Path, replacements: dict[str, str], name: str = "ai-agent.yaml") -> str:
+    """config/ai-agent.yaml with exact text replacements (each must match once)."""
+    text = (REPO / "config" / "ai-agent.yaml").read_text()
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in config/ai-agent.yaml"
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
