@@ -9,6 +9,8 @@ synthesized speech in the session's output format. It honours ``response.cancel`
 Shape: a connection carrying ``OpenAI-Beta: realtime=v1`` speaks the beta protocol;
 any other connection speaks GA.
 
+The session.update schema and the session object live in ``openai_sim_schema``.
+
 Run it standalone::
 
     python -m voiceline.sim.openai_sim --port 8765
@@ -21,254 +23,37 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import itertools
 import json
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from voiceline.audio import g711
+from voiceline.sim.openai_sim_schema import (
+    DEFAULT_TURN_DETECTION,
+    FORMATS,
+    SessionConfigError,
+    SimSession,
+    apply_session_update,
+    new_id,
+    session_object,
+)
 from voiceline.sim.speech import SpeechDetector, synthesize_async
 
-# ---- shapes ------------------------------------------------------------------------------
+__all__ = [
+    "DEFAULT_TURN_DETECTION",
+    "OpenAIRealtimeSimulator",
+    "SessionConfigError",
+    "SimConnection",
+    "SimSession",
+    "apply_session_update",
+    "main",
+    "session_object",
+]
 
-GA_SESSION_KEYS = frozenset(
-    {
-        "type", "model", "output_modalities", "instructions", "audio", "include", "tracing",
-        "tools", "tool_choice", "max_output_tokens", "truncation", "prompt",
-    }
-)
-BETA_SESSION_KEYS = frozenset(
-    {
-        "model", "modalities", "instructions", "voice", "input_audio_format",
-        "output_audio_format", "input_audio_transcription", "turn_detection", "tools",
-        "tool_choice", "temperature", "max_response_output_tokens", "input_audio_noise_reduction",
-        "speed", "tracing", "include",
-    }
-)
-GA_AUDIO_KEYS = frozenset({"input", "output"})
-GA_AUDIO_INPUT_KEYS = frozenset({"format", "noise_reduction", "transcription", "turn_detection"})
-GA_AUDIO_OUTPUT_KEYS = frozenset({"format", "voice", "speed"})
-GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
-BETA_FORMATS = frozenset({"pcm16", "g711_ulaw", "g711_alaw"})
-SERVER_VAD_KEYS = frozenset(
-    {"type", "threshold", "prefix_padding_ms", "silence_duration_ms", "create_response",
-     "interrupt_response", "idle_timeout_ms"}
-)
-SEMANTIC_VAD_KEYS = frozenset({"type", "eagerness", "create_response", "interrupt_response"})
-TRANSCRIPTION_KEYS = frozenset({"model", "language", "prompt"})
-
-# canonical format -> (sample rate, decode to slin16, encode from slin16)
-_FORMATS: dict[str, tuple[int, Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-    "pcm16": (24000, lambda b: b[: len(b) & ~1], lambda b: b),
-    "g711_ulaw": (8000, g711.mulaw_to_slin, g711.slin_to_mulaw),
-    "g711_alaw": (8000, g711.alaw_to_slin, g711.slin_to_alaw),
-}
-
-DEFAULT_TURN_DETECTION: dict[str, Any] = {
-    "type": "server_vad",
-    "threshold": 0.5,
-    "prefix_padding_ms": 300,
-    "silence_duration_ms": 500,
-    "create_response": True,
-    "interrupt_response": True,
-}
-
-_ids = itertools.count(1)
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_sim{next(_ids):06d}"
-
-
-class SessionConfigError(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-
-
-def _unknown(keys: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            raise SessionConfigError("unknown_parameter", f"Unknown parameter: '{prefix}.{key}'.", f"{prefix}.{key}")
-
-
-def _invalid(param: str, value: Any, supported: Any) -> SessionConfigError:
-    return SessionConfigError(
-        "invalid_value", f"Invalid value: {value!r} for '{param}'. Supported values are: {supported}.", param
-    )
-
-
-def _check_turn_detection(value: Any, param: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise SessionConfigError("invalid_type", f"Invalid type for '{param}': expected an object or null.", param)
-    kind = value.get("type", "server_vad")
-    if kind not in ("server_vad", "semantic_vad"):
-        raise _invalid(f"{param}.type", kind, "'server_vad', 'semantic_vad'")
-    _unknown(value, SERVER_VAD_KEYS if kind == "server_vad" else SEMANTIC_VAD_KEYS, param)
-    threshold = value.get("threshold", 0.5)
-    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise _invalid(f"{param}.threshold", threshold, "a number from 0.0 to 1.0")
-    for key in ("prefix_padding_ms", "silence_duration_ms"):
-        if key in value and (not isinstance(value[key], int) or value[key] < 0):
-            raise _invalid(f"{param}.{key}", value[key], "a non-negative integer")
-    merged = dict(DEFAULT_TURN_DETECTION)
-    merged.update(value)
-    return merged
-
-
-def _check_transcription(value: Any, param: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise SessionConfigError("invalid_type", f"Invalid type for '{param}': expected an object or null.", param)
-    _unknown(value, TRANSCRIPTION_KEYS, param)
-    return dict(value)
-
-
-def _check_ga_format(value: Any, param: str) -> str:
-    if not isinstance(value, Mapping):
-        raise SessionConfigError("invalid_type", f"Invalid type for '{param}': expected an object.", param)
-    _unknown(value, frozenset({"type", "rate"}), param)
-    kind = value.get("type")
-    if kind not in GA_FORMATS:
-        raise _invalid(f"{param}.type", kind, ", ".join(repr(k) for k in GA_FORMATS))
-    if "rate" in value and (kind != "audio/pcm" or value["rate"] != 24000):
-        raise _invalid(f"{param}.rate", value["rate"], "24000 (audio/pcm only)")
-    return GA_FORMATS[kind]
-
-
-@dataclass
-class SimSession:
-    """The effective session configuration, independent of the wire shape."""
-
-    input_format: str = "pcm16"
-    output_format: str = "pcm16"
-    voice: str = "alloy"
-    instructions: str = ""
-    modalities: list[str] = field(default_factory=lambda: ["audio"])
-    turn_detection: dict[str, Any] | None = field(default_factory=lambda: dict(DEFAULT_TURN_DETECTION))
-    transcription: dict[str, Any] | None = None
-    tools: list[Any] = field(default_factory=list)
-
-
-def apply_session_update(shape: str, current: SimSession, session: Any) -> SimSession:
-    """Validate a ``session.update`` payload and return the new effective session.
-
-    Raises ``SessionConfigError`` with the message the real service would give.
-    """
-    if not isinstance(session, Mapping):
-        raise SessionConfigError("missing_required_parameter", "Missing required parameter: 'session'.", "session")
-    new = SimSession(**{k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                        for k, v in current.__dict__.items()})
-    if shape == "ga":
-        _unknown(session, GA_SESSION_KEYS, "session")
-        if "type" not in session:
-            raise SessionConfigError(
-                "missing_required_parameter", "Missing required parameter: 'session.type'.", "session.type"
-            )
-        if session["type"] != "realtime":
-            raise _invalid("session.type", session["type"], "'realtime'")
-        if "output_modalities" in session:
-            mods = session["output_modalities"]
-            if not isinstance(mods, list) or len(mods) != 1 or mods[0] not in ("audio", "text"):
-                raise _invalid("session.output_modalities", mods, "['audio'] or ['text']")
-            new.modalities = list(mods)
-        audio = session.get("audio")
-        if audio is not None:
-            if not isinstance(audio, Mapping):
-                raise SessionConfigError("invalid_type", "Invalid type for 'session.audio'.", "session.audio")
-            _unknown(audio, GA_AUDIO_KEYS, "session.audio")
-            inp = audio.get("input") or {}
-            _unknown(inp, GA_AUDIO_INPUT_KEYS, "session.audio.input")
-            if "format" in inp:
-                new.input_format = _check_ga_format(inp["format"], "session.audio.input.format")
-            if "turn_detection" in inp:
-                new.turn_detection = _check_turn_detection(inp["turn_detection"], "session.audio.input.turn_detection")
-            if "transcription" in inp:
-                new.transcription = _check_transcription(inp["transcription"], "session.audio.input.transcription")
-            out = audio.get("output") or {}
-            _unknown(out, GA_AUDIO_OUTPUT_KEYS, "session.audio.output")
-            if "format" in out:
-                new.output_format = _check_ga_format(out["format"], "session.audio.output.format")
-            if "voice" in out:
-                new.voice = str(out["voice"])
-    else:
-        _unknown(session, BETA_SESSION_KEYS, "session")
-        for key, attr in (("input_audio_format", "input_format"), ("output_audio_format", "output_format")):
-            if key in session:
-                if session[key] not in BETA_FORMATS:
-                    raise _invalid(f"session.{key}", session[key], "'pcm16', 'g711_ulaw', 'g711_alaw'")
-                setattr(new, attr, session[key])
-        if "modalities" in session:
-            mods = session["modalities"]
-            if not isinstance(mods, list) or not mods or any(m not in ("audio", "text") for m in mods):
-                raise _invalid("session.modalities", mods, "'text', 'audio'")
-            new.modalities = list(mods)
-        if "voice" in session:
-            new.voice = str(session["voice"])
-        if "turn_detection" in session:
-            new.turn_detection = _check_turn_detection(session["turn_detection"], "session.turn_detection")
-        if "input_audio_transcription" in session:
-            new.transcription = _check_transcription(
-                session["input_audio_transcription"], "session.input_audio_transcription"
-            )
-    if "instructions" in session:
-        if not isinstance(session["instructions"], str):
-            raise SessionConfigError("invalid_type", "Invalid type for 'session.instructions'.", "session.instructions")
-        new.instructions = session["instructions"]
-    if "tools" in session:
-        new.tools = list(session["tools"] or [])
-    return new
-
-
-def session_object(shape: str, sess: SimSession, session_id: str, model: str) -> dict[str, Any]:
-    if shape == "ga":
-        def fmt(name: str) -> dict[str, Any]:
-            kind = {v: k for k, v in GA_FORMATS.items()}[name]
-            return {"type": kind, "rate": 24000} if kind == "audio/pcm" else {"type": kind}
-
-        return {
-            "type": "realtime",
-            "object": "realtime.session",
-            "id": session_id,
-            "model": model,
-            "output_modalities": list(sess.modalities),
-            "instructions": sess.instructions,
-            "audio": {
-                "input": {
-                    "format": fmt(sess.input_format),
-                    "transcription": sess.transcription,
-                    "noise_reduction": None,
-                    "turn_detection": sess.turn_detection,
-                },
-                "output": {"format": fmt(sess.output_format), "voice": sess.voice, "speed": 1.0},
-            },
-            "tools": sess.tools,
-            "tool_choice": "auto",
-        }
-    return {
-        "id": session_id,
-        "object": "realtime.session",
-        "model": model,
-        "modalities": list(sess.modalities),
-        "instructions": sess.instructions,
-        "voice": sess.voice,
-        "input_audio_format": sess.input_format,
-        "output_audio_format": sess.output_format,
-        "input_audio_transcription": sess.transcription,
-        "turn_detection": sess.turn_detection,
-        "tools": sess.tools,
-        "tool_choice": "auto",
-        "temperature": 0.8,
-    }
+log = structlog.get_logger("voiceline.sim.openai")
 
 
 # ---- the server ------------------------------------------------------------------------------
@@ -291,7 +76,7 @@ class SimConnection:
         self.ws = ws
         self.shape = shape
         self.model = model
-        self.session_id = _new_id("sess")
+        self.session_id = new_id("sess")
         self.session = SimSession()
         self.received: list[dict[str, Any]] = []  # client events (audio payloads elided)
         self.errors_sent: list[dict[str, Any]] = []
@@ -317,7 +102,7 @@ class SimConnection:
         return ga if self.shape == "ga" else beta
 
     async def send(self, event: dict[str, Any]) -> None:
-        event.setdefault("event_id", _new_id("event"))
+        event.setdefault("event_id", new_id("event"))
         if self.ws.closed:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -330,10 +115,19 @@ class SimConnection:
         await self.send({"type": "error", "error": err})
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(self._guard(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    @staticmethod
+    async def _guard(coro: Any) -> None:
+        try:
+            await coro
+        except ConnectionError as exc:  # the client went away mid-response
+            log.debug("sim task ended: connection gone", error=repr(exc))
+        except Exception:
+            log.exception("sim task failed")
 
     async def run(self, request: web.Request) -> None:
         await self.send({"type": "session.created",
@@ -354,11 +148,12 @@ class SimConnection:
                     continue
                 await self.dispatch(event)
         finally:
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
-            for task in list(self._tasks):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if tasks:
+                # _guard logs every failure, so the tasks end with nothing to report.
+                await asyncio.wait(tasks)
 
     async def _close_later(self, request: web.Request, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -424,7 +219,7 @@ class SimConnection:
             await self._truncate(event, client_id)
         elif etype == "conversation.item.create":
             item = dict(event.get("item") or {})
-            item.setdefault("id", _new_id("item"))
+            item.setdefault("id", new_id("item"))
             await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
                              "previous_item_id": self.last_item_id, "item": item})
             self.last_item_id = item["id"]
@@ -469,7 +264,7 @@ class SimConnection:
         if turn is None:
             self._detector = None
             return
-        rate = _FORMATS[self.session.input_format][0]
+        rate = FORMATS[self.session.input_format][0]
         # threshold 0.5 (the default) -> the detector's -50 dBFS floor; 1.0 -> -40 dBFS
         floor = -60.0 + 20.0 * float(turn.get("threshold", 0.5))
         self._detector = SpeechDetector(
@@ -477,7 +272,7 @@ class SimConnection:
         )
 
     async def _feed_vad(self, data: bytes) -> None:
-        rate, decode, _ = _FORMATS[self.session.input_format]
+        rate, decode, _ = FORMATS[self.session.input_format]
         pcm = decode(data)
         self._audio_ms += len(pcm) / 2 / rate * 1000
         turn = self.session.turn_detection
@@ -486,7 +281,7 @@ class SimConnection:
         for ev in self._detector.feed(pcm):
             at_ms = self._detector_origin_ms + ev.at_s * 1000
             if ev.kind == "speech_started":
-                self._user_item = _new_id("item")
+                self._user_item = new_id("item")
                 padding = turn.get("prefix_padding_ms", 300)
                 await self.send({"type": "input_audio_buffer.speech_started",
                                  "audio_start_ms": int(max(0.0, at_ms - padding)), "item_id": self._user_item})
@@ -500,7 +295,7 @@ class SimConnection:
                 await self._end_user_turn(committed_by_client=False)
 
     async def _end_user_turn(self, *, committed_by_client: bool) -> None:
-        item_id = self._user_item or _new_id("item")
+        item_id = self._user_item or new_id("item")
         self._user_item = None
         if committed_by_client and self._detector is not None:
             self._detector.reset()
@@ -521,7 +316,7 @@ class SimConnection:
     # -- responses --
 
     def _start_response(self) -> None:
-        response = _Response(id=_new_id("resp"), item_id=_new_id("item"))
+        response = _Response(id=new_id("resp"), item_id=new_id("item"))
         self.active = response
         response.task = self._spawn(self._run_response(response))
 
@@ -546,7 +341,7 @@ class SimConnection:
                              "previous_item_id": self.last_item_id, "item": item})
             self.last_item_id = resp.item_id
             await self.send({"type": names["tdelta"], **base, "delta": text})
-            rate, _, encode = _FORMATS[self.session.output_format]
+            rate, _, encode = FORMATS[self.session.output_format]
             audio = encode(await self.sim.speech(text, rate))
             bytes_per_ms = rate / 1000 * (2 if self.session.output_format == "pcm16" else 1)
             chunk = max(2, int(bytes_per_ms * self.sim.chunk_ms)) & ~1
