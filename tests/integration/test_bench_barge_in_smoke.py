@@ -7,7 +7,6 @@ The caller speaks at RMS 4000 (the top of the bench's range) so that even the ha
 configuration confirms in double talk; at 2000 the bench shows it often does not."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "barge_in.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the simulator needs espeak-ng")
+pytestmark = pytest.mark.espeak  # the simulator speaks with espeak-ng
 
 ROW_KEYS = {
     "config", "index", "call_id", "phrase", "level_rms", "trigger_offset_ms", "error", "first_agent_ms",

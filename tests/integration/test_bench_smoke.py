@@ -3,7 +3,6 @@ processes) and writes a JSON report of the documented shape. Behaviour only: no
 performance thresholds, since the machine running the tests may be busy."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench" / "pacing.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the simulator needs espeak-ng")
+pytestmark = pytest.mark.espeak  # the simulator speaks with espeak-ng
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -47,9 +46,7 @@ from voiceline.providers.local import (
 )
 from voiceline.providers.local.tts import resample_to, wav_to_samples
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
-)
+pytestmark = pytest.mark.espeak
 
 RATE = 8000
 FRAME = 320  # 20 ms of slin16 at 8 kHz

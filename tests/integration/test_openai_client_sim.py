@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -45,17 +44,6 @@ def _speech(text: str, sample_rate: int) -> bytes:
 def _rms(slin: bytes) -> float:
     x = np.frombuffer(slin, dtype="<i2").astype(np.float64)
     return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
-
-
-@pytest.fixture
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    """Everything that reaches the loop's exception handler (unretrieved task errors, leaks)."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-    yield errors
-    loop.set_exception_handler(previous)
 
 
 def _assert_clean(errors: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ def frames(pcm: bytes, rate: int, frame_ms: int = 20) -> list[bytes]:
     return [pcm[i : i + n] for i in range(0, len(pcm) - n + 1, n)]
 
 
+@pytest.mark.espeak
 @pytest.mark.parametrize("rate", [8000, 16000, 24000, 44100])
 def test_speech_is_speech_and_silence_is_not_at_any_slin_rate(rate: int) -> None:
     vad = VoiceActivity(2, rate)

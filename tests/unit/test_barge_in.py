@@ -16,6 +16,8 @@ from voiceline.config import BargeInSettings
 from voiceline.core.barge_in import BargeInDetector, BargeInParams, Decision
 from voiceline.sim.speech import synthesize
 
+pytestmark = pytest.mark.espeak  # caller and agent speak with espeak-ng
+
 RATE = 8000
 FRAME_S = 0.020
 T0 = 100.0

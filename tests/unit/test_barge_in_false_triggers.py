@@ -42,6 +42,8 @@ from voiceline.core.barge_in import (
 )
 from voiceline.sim.speech import synthesize
 
+pytestmark = pytest.mark.espeak  # caller and agent speak with espeak-ng
+
 RATE = 8000
 FRAME = 160  # samples per 20 ms frame
 FRAME_MS = 20

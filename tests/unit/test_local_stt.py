@@ -11,7 +11,6 @@ phrase model (``stt.phrases``) recognises the script's questions word for word.
 from __future__ import annotations
 
 import functools
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -36,9 +35,7 @@ from voiceline.providers.local.stt import (
 )
 from voiceline.providers.local.tts import wav_to_samples
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
-)
+pytestmark = pytest.mark.espeak
 
 RATE = 8000
 HOURS = "nine to five"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import time
 import wave
 from pathlib import Path
@@ -21,9 +20,7 @@ from voiceline.providers.local.tts import (
     wav_to_samples,
 )
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
-)
+pytestmark = pytest.mark.espeak
 
 SENTENCE = "We are open from nine to five, Monday to Friday."  # 10 words
 
@@ -114,7 +111,6 @@ def espeak_children() -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.1, 0.3])
 async def test_cancelling_kills_the_espeak_process(delay_s: float) -> None:
     # Cancel at several points of a long synthesis (~1 MB of WAV): the call

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
@@ -15,10 +14,6 @@ from voiceline.providers.local.vad import (
     FrameSplitter,
     SpeechEnd,
     SpeechStart,
-)
-
-needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng not installed"
 )
 
 
@@ -59,7 +54,7 @@ def energy_bounds(frames: list[bytes], threshold: float = 300.0) -> tuple[int, i
     return active[0], active[-1]
 
 
-@needs_espeak
+@pytest.mark.espeak
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_speech_between_silences_gives_one_onset_and_one_end(rate: int) -> None:
     # 1 s silence, a sentence with a comma and a full stop (pauses well under
@@ -98,7 +93,7 @@ def test_speech_between_silences_gives_one_onset_and_one_end(rate: int) -> None:
     assert not detector.in_speech
 
 
-@needs_espeak
+@pytest.mark.espeak
 def test_two_utterances_separated_by_a_long_pause() -> None:
     rate = 8000
     a = espeak("What are your opening hours?", rate)

@@ -846,16 +846,8 @@ def test_flush_rejects_unknown_reason() -> None:
 # ---- manager (driven through Pacer.run_tick with a fake clock) -------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def test_manager_sends_frames_logs_once_per_turn_and_closes() -> None:
-    clock = FakeClock()
+def test_manager_sends_frames_logs_once_per_turn_and_closes(fake_clock) -> None:
+    clock = fake_clock
     pacer = Pacer(clock=clock)
     mgr = StreamingPlaybackManager(StreamParams(), pacer)
     sent: list[bytes] = []
@@ -900,8 +892,8 @@ def test_manager_sends_frames_logs_once_per_turn_and_closes() -> None:
     ]
 
 
-def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream() -> None:
-    clock = FakeClock()
+def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream(fake_clock) -> None:
+    clock = fake_clock
     pacer = Pacer(clock=clock)
     mgr = StreamingPlaybackManager(StreamParams(), pacer)
 
@@ -921,10 +913,10 @@ def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream() -> 
     assert err["stream_id"] == "bad"
 
 
-def test_manager_removes_a_stream_whose_send_frame_raises_and_tells_its_owner_once() -> None:
+def test_manager_removes_a_stream_whose_send_frame_raises_and_tells_its_owner_once(fake_clock) -> None:
     # Defect 9.4: the pacer dropped the stream but the call went on with no audio,
     # nobody told, and the manager still listed the stream as open.
-    clock = FakeClock()
+    clock = fake_clock
     pacer = Pacer(clock=clock)
     mgr = StreamingPlaybackManager(StreamParams(), pacer)
     boom = ConnectionResetError("audiosocket gone")
@@ -950,8 +942,8 @@ def test_manager_removes_a_stream_whose_send_frame_raises_and_tells_its_owner_on
     assert mgr.close("bad") is None  # the owner's usual close stays harmless
 
 
-def test_manager_reports_a_raising_stream_tick_through_on_failure() -> None:
-    clock = FakeClock()
+def test_manager_reports_a_raising_stream_tick_through_on_failure(fake_clock) -> None:
+    clock = fake_clock
     pacer = Pacer(clock=clock)
     mgr = StreamingPlaybackManager(StreamParams(), pacer)
     failures: list[BaseException] = []
@@ -973,13 +965,13 @@ def test_manager_reports_a_raising_stream_tick_through_on_failure() -> None:
     mgr.open("c", SLIN_8K, sent.append)
 
 
-def test_manager_validates_pacer_period_and_duplicate_open() -> None:
+def test_manager_validates_pacer_period_and_duplicate_open(fake_clock) -> None:
     with pytest.raises(ValueError, match="chunk_size_ms"):
         StreamingPlaybackManager(
             StreamParams(chunk_size_ms=10, min_start_ms=120, low_watermark_ms=10),
             Pacer(),
         )
-    mgr = StreamingPlaybackManager(StreamParams(), Pacer(clock=FakeClock()))
+    mgr = StreamingPlaybackManager(StreamParams(), Pacer(clock=fake_clock))
     mgr.open("x", SLIN_8K, lambda f: None)
     with pytest.raises(ValueError):
         mgr.open("x", SLIN_8K, lambda f: None)
