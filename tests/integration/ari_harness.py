@@ -125,8 +125,8 @@ class FakeAri:
         self.channels.add(media_id)
         # Asterisk connects to the listener during the POST, then the channel enters Stasis.
         leg = CallerLeg("127.0.0.1", self.port, call_uuid=data)
-        self.legs.append(leg)
         await leg.connect()
+        self.legs.append(leg)
         asyncio.get_running_loop().call_soon(
             lambda: asyncio.ensure_future(self.stasis_start(media_id, [data])))
         return {"id": media_id}

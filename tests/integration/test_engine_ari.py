@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ari_harness import AriRig, ScriptedProvider, wait_for
 
 from voiceline.core.stream_events import FallbackRequested
@@ -34,3 +36,40 @@ async def test_capture_reopens_after_both_fallback_playbacks_of_a_turn_finish(tm
         assert not call.session.audio_capture_enabled, "one playback of the turn is still playing"
         await rig.ari.finish_playback(rest.playback_id)
         assert call.session.audio_capture_enabled, "both playbacks finished: the caller must be heard again"
+
+
+async def _settled(rig) -> None:
+    """Wait until nothing of any call is left, on either side."""
+    await wait_for(lambda: rig.engine.active_calls == 0 and not rig.ari.bridges and not rig.ari.channels
+                   and len(rig.streaming) == 0, timeout=8.0)
+
+
+async def test_provider_failing_at_once_leaks_no_asterisk_resource_and_no_stream(tmp_path):
+    """Defect 9.2: the call ends (provider start failed) while the ARI setup is still
+    running; whatever the setup creates afterwards must be removed too, and the media
+    leg arriving late must not start an orphaned stream."""
+    async with AriRig(ScriptedProvider(start_error=RuntimeError("no key")), tmp_path) as rig:
+        channel_id = rig.ari.new_caller()
+        await rig.ari.stasis_start(channel_id)
+        await _settled(rig)
+        assert 'call_id="' not in rig.metrics.render().decode()
+        assert len(rig.ended) == 1
+
+
+async def test_call_ending_during_each_setup_step_leaves_nothing_behind(tmp_path):
+    for step in ("answer", "create_bridge", "add_channel", "external_media"):
+        async with AriRig(ScriptedProvider(), tmp_path) as rig:
+            rig.ari.slow[step] = 0.2
+            channel_id = rig.ari.new_caller()
+            setup = asyncio.ensure_future(rig.ari.stasis_start(channel_id))
+            await wait_for(lambda: any(entry[0] == step for entry in rig.ari.log))
+            session = rig.store.by_channel(channel_id)
+            rig.ari.channels.discard(channel_id)  # the caller hung up
+            await rig.mode.on_event({"type": "StasisEnd", "channel": {"id": channel_id}})
+            await setup
+            try:
+                await _settled(rig)
+            except AssertionError:
+                raise AssertionError(f"left behind after ending during {step}: bridges={rig.ari.bridges} "
+                                     f"channels={rig.ari.channels} streams={len(rig.streaming)}") from None
+            assert [c.session.call_id for c in rig.ended] == [session.call_id]

@@ -58,9 +58,16 @@ class _CallResources:
     # Every file playback of the call: a stalled turn can hand over two (-fallback
     # and -fallback-rest), and capture stays gated until the last one finishes.
     playbacks: dict[str, Playback] = field(default_factory=dict)
+    # Set when the call's teardown released its resources; whatever the setup still
+    # creates afterwards, the setup removes itself.
+    released: bool = False
 
     def unfinished(self) -> list[Playback]:
         return [p for p in self.playbacks.values() if not p.finished]
+
+
+class _SetupAbandoned(Exception):
+    """The call ended while its ARI setup was still running."""
 
 
 class AriMode:
@@ -148,21 +155,38 @@ class AriMode:
             caller_id=caller.get("number"), variables={PROVIDER_VARIABLE: requested} if requested else {},
             playback=self, release=self._release,
         )
-        self._calls[call_id] = _CallResources(call, channel_id)
+        resources = _CallResources(call, channel_id)
+        self._calls[call_id] = resources
         try:
-            await self._connect_media(call, channel_id)
+            await self._connect_media(call, resources)
+        except _SetupAbandoned:
+            log.info("call_setup_abandoned", call_id=call_id, channel_id=channel_id,
+                     reason=call.session.end_reason)
         except (AriError, asyncio.TimeoutError) as exc:
             why = str(exc) or f"media channel not ready within {MEDIA_SETUP_TIMEOUT_S:.0f} s"
             log.error("call_setup_failed", call_id=call_id, channel_id=channel_id, error=why)
             await self.engine.end_call(call_id, f"setup failed: {why}")
 
-    async def _connect_media(self, call: Call, channel_id: str) -> None:
+    async def _connect_media(self, call: Call, resources: _CallResources) -> None:
+        """Each step first checks that the call still lives; each resource is recorded
+        the moment it exists, so a teardown at any point removes it (and one created
+        after the teardown ran is removed here)."""
         session = call.session
-        resources = self._calls[session.call_id]
+        channel_id = resources.channel_id
+
+        def check_alive() -> None:
+            if call.ended or resources.released:
+                raise _SetupAbandoned()
+
         await self.ari.answer(channel_id)
+        check_alive()
         bridge = await self.ari.create_bridge("mixing", name=f"voiceline-{session.call_id}")
         session.bridge_id = resources.bridge_id = bridge["id"]
+        if resources.released:
+            await self._remove(session.call_id, "destroy_bridge", self.ari.destroy_bridge, bridge["id"])
+        check_alive()
         await self.ari.add_channel(bridge["id"], [channel_id])
+        check_alive()
         self._awaiting_media[session.call_id] = call
         in_stasis = asyncio.get_running_loop().create_future()
         self._media_stasis[session.call_id] = in_stasis
@@ -174,6 +198,9 @@ class AriMode:
                 format=SLIN_FORMAT_NAMES[call.wire_format.sample_rate],
             )
             session.media_channel_id = resources.media_channel_id = media["id"]
+            if resources.released:
+                await self._remove(session.call_id, "hangup_media", self.ari.hangup, media["id"])
+            check_alive()
             self.engine.store.link_channel(session.call_id, media["id"])
             # The channel can only join the bridge once it is in our Stasis app, and
             # its StasisStart may come before or after the POST returns.
@@ -181,6 +208,7 @@ class AriMode:
             await asyncio.wait_for(call.connected.wait(), MEDIA_SETUP_TIMEOUT_S)
         finally:
             self._media_stasis.pop(session.call_id, None)
+        check_alive()
         await self.ari.add_channel(bridge["id"], [media["id"]])
 
     # ------------------------------------------------------------------ file playback (PlaybackControl)
@@ -250,6 +278,7 @@ class AriMode:
         resources = self._calls.pop(call_id, None)
         if resources is None:
             return
+        resources.released = True
         ari = self.ari
         steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
         for playback in resources.unfinished():
@@ -266,6 +295,14 @@ class AriMode:
                 await action()  # a 404 (already gone) comes back as False, not an error
             except AriError as exc:
                 log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
+
+    async def _remove(self, call_id: str, step: str, action: Callable[[str], Awaitable[bool]], resource_id: str) -> None:
+        """Remove a resource the setup created after the call's teardown had run."""
+        try:
+            await action(resource_id)
+            log.info("ari_late_resource_removed", call_id=call_id, step=step, resource_id=resource_id)
+        except AriError as exc:
+            log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
 
 
 def _rate_suffix(rate: int) -> str:

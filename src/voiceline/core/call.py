@@ -132,6 +132,9 @@ class Call:
 
     async def _run_provider(self) -> None:
         call_id = self.session.call_id
+        early = self.provider.capabilities.takes_audio_during_start
+        if early:  # the provider holds caller audio through its handshake itself
+            spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
         try:
             await self.provider.start()
         except Exception as exc:  # any failure to connect ends this call only
@@ -141,12 +144,16 @@ class Call:
             await self._end_call(call_id, f"provider start failed: {exc}")
             return
         self._provider_started.set()
-        spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
+        if not early:
+            spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
         await self._pump_provider_events()
 
     def attach(self, leg: MediaLeg) -> bool:
         """The call's media leg arrived: start the outbound stream. False if the call
         already ended (the caller must then refuse or hang up the leg)."""
+        if self._ended:
+            log.info("media_leg_after_call_ended", call_id=self.session.call_id)
+            return False
         self.leg = leg
         self.connected.set()
         self.stream = self._streaming.open(
