@@ -3,7 +3,8 @@
 It speaks the real wire protocol so ``DeepgramSession`` talks to it unchanged (see
 ``deepgram_server``); agent audio is delivered in one of several patterns and the
 session can be made to fail in one of several ways (``deepgram_delivery``); Settings are
-validated as strictly as the real service does (``deepgram_schema``). This module is the
+validated as strictly as the real service does (``deepgram_schema``); what a connection
+runs with and what it saw is in ``deepgram_state``. This module is the
 command line and the one import point for users of the simulator.
 
 Run standalone: ``python -m voiceline.sim.deepgram_sim --port 8765 --pattern jitter``
