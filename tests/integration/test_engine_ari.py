@@ -73,3 +73,23 @@ async def test_call_ending_during_each_setup_step_leaves_nothing_behind(tmp_path
                 raise AssertionError(f"left behind after ending during {step}: bridges={rig.ari.bridges} "
                                      f"channels={rig.ari.channels} streams={len(rig.streaming)}") from None
             assert [c.session.call_id for c in rig.ended] == [session.call_id]
+
+
+async def test_teardown_runs_every_step_and_writes_the_record_whatever_fails(tmp_path):
+    """Defect 9.3: an unexpected exception in one teardown step (not an AriError) lost
+    the call record and left the call, its stream and its per-call series behind."""
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        _, call = await rig.call()
+        call_id = call.session.call_id
+
+        async def broken_close(reason="call ended"):
+            raise RuntimeError("provider close exploded")
+
+        call.provider.close = broken_close
+        rig.ari.fail["hangup"] = RuntimeError("unexpected ARI client bug")
+        await rig.engine.end_call(call_id, "test")
+        assert [c.session.call_id for c in rig.ended] == [call_id], "the call record must be written"
+        assert rig.engine.active_calls == 0 and len(rig.store) == 0
+        assert len(rig.streaming) == 0
+        assert rig.ari.bridges == {}, "the steps after the failing one still ran"
+        assert 'call_id="' not in rig.metrics.render().decode()

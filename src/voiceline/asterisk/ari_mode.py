@@ -295,6 +295,8 @@ class AriMode:
                 await action()  # a 404 (already gone) comes back as False, not an error
             except AriError as exc:
                 log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
+            except Exception:
+                log.exception("ari_cleanup_failed", call_id=call_id, step=step)
 
     async def _remove(self, call_id: str, step: str, action: Callable[[str], Awaitable[bool]], resource_id: str) -> None:
         """Remove a resource the setup created after the call's teardown had run."""
@@ -303,6 +305,8 @@ class AriMode:
             log.info("ari_late_resource_removed", call_id=call_id, step=step, resource_id=resource_id)
         except AriError as exc:
             log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
+        except Exception:
+            log.exception("ari_cleanup_failed", call_id=call_id, step=step)
 
 
 def _rate_suffix(rate: int) -> str:

@@ -140,7 +140,8 @@ class Call:
         except Exception as exc:  # any failure to connect ends this call only
             self.counters.provider_errors += 1
             self.sink.provider_error()
-            log.error("provider_start_failed", call_id=call_id, provider=self.session.provider_name, error=str(exc))
+            log.error("provider_start_failed", call_id=call_id, provider=self.session.provider_name,
+                      error=str(exc), exc_info=exc)
             await self._end_call(call_id, f"provider start failed: {exc}")
             return
         self._provider_started.set()
@@ -190,17 +191,30 @@ class Call:
             self._coordinator.on_tts_end(call_id, change.playback_id, change.reason)
 
     async def close(self) -> None:
-        """Stop everything this call owns. Idempotent."""
+        """Stop everything this call owns. Idempotent. Every step runs even if an
+        earlier one raised; failures are logged with their traceback."""
         if self._ended:
             return
         self._ended = True
-        self._streaming.close(self.session.call_id)
+        call_id = self.session.call_id
+        try:
+            self._streaming.close(call_id)
+        except Exception:
+            log.exception("call_close_step_failed", call_id=call_id, step="close_stream")
         for task in list(self._tasks):
             if task is not asyncio.current_task():
-                await cancel_and_wait(task)
-        await self.provider.close("call ended")
-        if self.leg is not None and not self.leg.closed:
-            self.leg.hangup()
+                await cancel_and_wait(task)  # logs a task's own failure
+        try:
+            await self.provider.close("call ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call_close_step_failed", call_id=call_id, step="close_provider")
+        try:
+            if self.leg is not None and not self.leg.closed:
+                self.leg.hangup()
+        except Exception:
+            log.exception("call_close_step_failed", call_id=call_id, step="hangup_leg")
 
     # ------------------------------------------------------------------ inbound (from the media leg)
 

@@ -151,23 +151,43 @@ class Engine:
                 self._ending.pop(call_id, None)
 
     async def _teardown(self, call_id: str, reason: str) -> None:
+        """Every step runs whatever an earlier one raised (each failure is logged with
+        its traceback); the call always leaves the engine and its record is written."""
         call = self._calls[call_id]
         session = call.session
         session.state = CallState.ENDING
         session.end_reason = reason
-        await call.close()
+        await self._step(call_id, "close_call", call.close)
         release = self._release.pop(call_id, None)
         if release is not None:
-            await release(call)
+            await self._step(call_id, "release_media", lambda: release(call))
         session.state = CallState.ENDED
         session.ended_at = time.time()
-        self.coordinator.forget(call_id)
-        del self._calls[call_id]
-        self.store.remove(call_id)
-        self.sink.call_ended(call_id, session.provider_name)
+        self._calls.pop(call_id, None)
+        for step, action in (
+            ("forget_gating", lambda: self.coordinator.forget(call_id)),
+            ("remove_session", lambda: self.store.remove(call_id)),
+            ("count_call_end", lambda: self.sink.call_ended(call_id, session.provider_name)),
+        ):
+            try:
+                action()
+            except Exception:
+                log.exception("call_teardown_step_failed", call_id=call_id, step=step)
         log.info("call_ended", call_id=call_id, reason=reason)
         if self._on_call_ended is not None:
-            self._on_call_ended(call)
+            try:
+                self._on_call_ended(call)
+            except Exception:
+                log.exception("call_teardown_step_failed", call_id=call_id, step="on_call_ended")
+
+    @staticmethod
+    async def _step(call_id: str, step: str, action: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call_teardown_step_failed", call_id=call_id, step=step)
 
     async def shutdown(self, reason: str = "engine shutting down") -> None:
         for call_id in list(self._calls):
