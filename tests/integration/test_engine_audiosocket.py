@@ -103,3 +103,23 @@ async def test_garbage_connection_does_not_disturb_live_call(app):
     assert app.engine.active_calls == 1
     await good.hangup()
     await _wait_for(lambda: app.engine.active_calls == 0)
+
+
+async def test_outbound_stream_failure_ends_the_call_with_a_reason(app):
+    """Defect 9.4: a pacer tick that raised removed the stream silently and the call
+    went on with no audio; now the call ends, its reason naming the failure."""
+    leg = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    call = app.engine.call(leg.call_uuid)
+    ended = []
+    app.engine._on_call_ended = ended.append
+
+    def broken_send(pcm, kind):
+        raise OSError("socket exploded")
+
+    call.leg._connection.send_audio = broken_send  # the socket write raises on the next tick
+    await _wait_for(lambda: app.engine.active_calls == 0)
+    assert "outbound stream failed" in ended[0].session.end_reason
+    assert "socket exploded" in ended[0].session.end_reason
+    assert await leg.wait_closed(2.0)

@@ -158,9 +158,22 @@ class Call:
         self.leg = leg
         self.connected.set()
         self.stream = self._streaming.open(
-            self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event
+            self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event,
+            on_failure=self._on_stream_failure,
         )
         return True
+
+    def _on_stream_failure(self, exc: BaseException) -> None:
+        """The stream's tick raised and the stream was removed (the streaming manager
+        logged the traceback): the caller would hear nothing more, so end the call."""
+        if self._ended:
+            return
+        log.error("call_stream_failed", call_id=self.session.call_id, error=repr(exc))
+        spawn(
+            self._end_call(self.session.call_id, f"outbound stream failed: {exc!r}"),
+            name=f"end-{self.session.call_id}",
+            owner=self._ending_tasks,
+        )
 
     def _send_frame(self, frame: bytes) -> None:
         leg = self.leg
