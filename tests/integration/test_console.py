@@ -235,6 +235,20 @@ async def test_history_search(serve, query, expected):
     assert [c["call_id"] for c in data["calls"]] == expected
 
 
+async def test_outcome_search_groups_end_reasons_by_their_first_word(serve):
+    records = [*HISTORY,
+               record("hup-1", "2026-12-03T10:00:00", outcome="ChannelHangupRequest on 1796399058.25"),
+               record("hup-2", "2026-12-03T11:00:00", outcome="ChannelHangupRequest on 1796399060.31")]
+    base, _ = await serve(records=records)
+    page = (await get(f"{base}/console/calls"))[2]
+    assert re.findall(r'<option value="([^"]*)"', page) == [
+        "", "ChannelHangupRequest", "agent-hangup", "caller-hangup", "provider-error"]
+    assert listed((await get(f"{base}/console/calls?outcome=ChannelHangupRequest"))[2]) == ["hup-2", "hup-1"]
+    exact = "ChannelHangupRequest on 1796399058.25".replace(" ", "+")
+    assert listed((await get(f"{base}/console/calls?outcome={exact}"))[2]) == ["hup-1"]
+    assert "No calls match." in (await get(f"{base}/console/calls?outcome=ChannelHangup"))[2]
+
+
 async def test_history_search_form_keeps_what_was_searched(serve):
     base, _ = await serve(records=HISTORY)
     page = (await get(f"{base}/console/calls?caller=alice&date=2026-12-01&outcome=provider-error"))[2]

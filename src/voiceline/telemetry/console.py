@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 
 import structlog
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from voiceline.telemetry import console_pages as pages
@@ -250,7 +250,8 @@ class Console:
 def search_calls(store: HistoryStore, search: pages.HistoryFilter, *, limit: int,
                  offset: int = 0) -> list[dict[str, Any]]:
     """Calls matching ``search``, newest first, without transcript and timeline.
-    Caller: case-insensitive substring; date: the UTC day the call started; outcome: exact."""
+    Caller: case-insensitive substring; date: the UTC day the call started; outcome:
+    the end reason, or its first word (end reasons may carry details, such as a channel id)."""
     store.ensure_schema()
     c = calls_table.c
     query = select(c.call_id, c.started_at, c.ended_at, c.duration_s, c.mode, c.provider, c.end_reason,
@@ -261,19 +262,22 @@ def search_calls(store: HistoryStore, search: pages.HistoryFilter, *, limit: int
         start = datetime(search.day.year, search.day.month, search.day.day, tzinfo=UTC)
         query = query.where(c.started_at >= start, c.started_at < start + timedelta(days=1))
     if search.outcome:
-        query = query.where(c.end_reason == search.outcome)
+        query = query.where(or_(c.end_reason == search.outcome,
+                                c.end_reason.startswith(search.outcome + " ", autoescape=True)))
     query = query.order_by(c.started_at.desc(), c.call_id).limit(limit).offset(offset)
     with store.engine().connect() as conn:
         return [_plain_row(row._mapping) for row in conn.execute(query)]
 
 
-def known_outcomes(store: HistoryStore, limit: int = 50) -> list[str]:
-    """The distinct outcomes in the history, for the search form."""
+def known_outcomes(store: HistoryStore, *, recent: int = 2000, limit: int = 50) -> list[str]:
+    """The outcomes (first words of the end reasons) of the ``recent`` latest calls,
+    for the search form; bounded, so a large history does not make the page slow."""
     store.ensure_schema()
     c = calls_table.c
-    query = select(c.end_reason).where(c.end_reason.is_not(None)).distinct().order_by(c.end_reason).limit(limit)
+    query = select(c.end_reason).where(c.end_reason.is_not(None)).order_by(c.started_at.desc()).limit(recent)
     with store.engine().connect() as conn:
-        return [row[0] for row in conn.execute(query)]
+        words = {reason.split(" ", 1)[0] for (reason,) in conn.execute(query) if reason and reason.strip()}
+    return sorted(words)[:limit]
 
 
 def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:

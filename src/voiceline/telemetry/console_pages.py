@@ -157,7 +157,7 @@ def render_history(
     body = "\n".join(
         "<tr>"
         f'<td><a href="{_call_href(row.get("call_id"))}">{_cell(row.get("call_id"))}</a></td>'
-        f"<td>{_cell(_short_time(row.get('started_at')))}</td>"
+        f"<td class=\"time\">{_cell(_short_time(row.get('started_at')))}</td>"
         f"<td>{_cell(row.get('caller_id'))}</td>"
         f"<td>{_cell(row.get('provider'))}</td>"
         f"<td class=\"num\">{_cell(_seconds(row.get('duration_s')))}</td>"
@@ -357,7 +357,8 @@ table.grid th, table.grid td, table.kv th, table.kv td, table.summary th, table.
   text-align: left; padding: 4px 12px; border-bottom: 1px solid #e4e4e4; font-size: 13px; }
 table.grid thead th { background: #eceff1; }
 table.kv th, table.summary th { font-family: monospace; font-weight: 600; }
-td.num { text-align: right; }
+td.num { text-align: right; white-space: nowrap; }
+td.time { white-space: nowrap; }
 td.hint-cell { color: #555; max-width: 40em; }
 .status { color: #555; font-size: 13px; }
 .empty { color: #777; font-style: italic; }
