@@ -53,8 +53,10 @@ log = structlog.get_logger("voiceline.providers.deepgram")
 _TO_ENGINE_ENCODING = {"linear16": "slin16", "mulaw": "mulaw", "alaw": "alaw"}
 _OUTPUT_CONTAINERS = ("none", "wav", "ogg")
 _FUNCTION_ENDPOINT_KEYS = frozenset({"url", "method", "headers"})
-# Errors a websocket send or receive raises when the connection is gone.
-_CONNECTION_ERRORS = (ConnectionError, OSError, aiohttp.ClientError, RuntimeError)
+# Errors a websocket receive raises when the connection is gone.
+_CONNECTION_ERRORS = (ConnectionError, OSError, aiohttp.ClientError)
+# ... and a send (aiohttp raises RuntimeError when the socket is closing under it).
+_SEND_ERRORS = (*_CONNECTION_ERRORS, RuntimeError)
 
 
 class DeepgramError(Exception):
@@ -223,7 +225,7 @@ class DeepgramSession(ProviderSession):
             self.request_id = await self._wait(self._welcome, self.cfg.connect_timeout_s, "Welcome")
             try:
                 await self._send_json(settings)
-            except _CONNECTION_ERRORS as exc:
+            except _SEND_ERRORS as exc:
                 raise DeepgramError(f"Deepgram connection lost while sending Settings: {exc}") from None
             self._log.info("deepgram settings sent", request_id=self.request_id)
             await self._wait(self._applied, self.cfg.settings_timeout_s, "SettingsApplied")
@@ -312,7 +314,7 @@ class DeepgramSession(ProviderSession):
         if ws is not None and not ws.closed:
             try:
                 await asyncio.wait_for(ws.close(), timeout=2.0)
-            except (TimeoutError, *_CONNECTION_ERRORS) as exc:
+            except (TimeoutError, *_SEND_ERRORS) as exc:
                 # Closing a socket that is already broken: nothing left to release.
                 self._log.debug("deepgram websocket close failed", error=repr(exc))
         http, self._http = self._http, None
@@ -363,7 +365,7 @@ class DeepgramSession(ProviderSession):
         try:
             async with self._send_lock:
                 await ws.send_bytes(data)
-        except _CONNECTION_ERRORS as exc:
+        except _SEND_ERRORS as exc:
             # The reader sees the closed socket and reports it; the engine must not
             # get an exception out of the audio path.
             self._log.debug("deepgram audio send failed", error=str(exc))
@@ -384,7 +386,7 @@ class DeepgramSession(ProviderSession):
             return False
         try:
             await self._send_json(message)
-        except (DeepgramError, *_CONNECTION_ERRORS) as exc:
+        except (DeepgramError, *_SEND_ERRORS) as exc:
             self._log.warning("deepgram control message not sent", type=message.get("type"), error=str(exc))
             return False
         return True
