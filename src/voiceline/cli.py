@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
+import structlog
 import yaml
 
-from voiceline.config import ConfigError, Settings, load_settings, reveal_secrets
+from voiceline.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from voiceline.providers.base import Provider
+
+log = structlog.get_logger("voiceline.cli")
 
 DEFAULT_CONFIG = "config/ai-agent.yaml"
 EXIT_INVALID = 2
@@ -21,59 +27,76 @@ def _config_path(value: str | None) -> Path:
     return Path(value or os.environ.get("VOICELINE_CONFIG") or DEFAULT_CONFIG)
 
 
-def load_or_exit(path: Path, overrides: dict | None = None) -> Settings:
+def _fail(message: str) -> NoReturn:
+    print(message, file=sys.stderr)
+    raise SystemExit(EXIT_INVALID)
+
+
+def load_or_exit(path: Path, overrides: dict | None = None) -> tuple[Settings, list[str]]:
+    """The validated settings and the operator warnings (unset variables, renamed keys);
+    exits 2 with every problem named by its key path if the file is not usable."""
     try:
-        settings, missing = load_settings(path)
-        if overrides:
-            data = settings.model_dump(mode="python")
-            data = _deep_update(data, overrides)
-            settings = Settings.model_validate(reveal_secrets(data))
+        return load_settings(path, overrides=overrides)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from None
-    except Exception as exc:  # pydantic ValidationError from overrides
-        print(f"invalid override: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from None
-    for item in missing:
+        _fail(str(exc))
+
+
+def check_or_exit(settings: Settings, path: Path) -> dict[str, Provider]:
+    """Apply the domain rules (streaming, providers); exits 2 naming the key if one fails."""
+    from voiceline.wiring import check_settings
+
+    try:
+        return check_settings(settings)
+    except ConfigError as exc:
+        _fail(str(exc.with_source(str(path))))
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for item in warnings:
         print(f"warning: {item}", file=sys.stderr)
-    return settings
-
-
-def _deep_update(base: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.path)
-    settings = load_or_exit(path)
+    settings, warnings = load_or_exit(path)
+    check_or_exit(settings, path)
+    _print_warnings(warnings)
     print(f"# {path}: valid (config hash {settings.digest()})")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
     return 0
 
 
+def _configure_logging(settings: Settings) -> None:
+    from voiceline.telemetry.logging import configure_logging
+
+    configure_logging(settings.logging.level, settings.logging.format, settings.logging.levels)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from voiceline.app import App
-    from voiceline.telemetry.logging import configure_logging
+    from voiceline.wiring import default_provider_problem
 
     overrides: dict = {}
     if args.mode:
         overrides["mode"] = args.mode
     if args.provider:
         overrides["default_provider"] = args.provider
-    settings = load_or_exit(_config_path(args.config), overrides)
+    path = _config_path(args.config)
+    settings, warnings = load_or_exit(path, overrides)
+    providers = check_or_exit(settings, path)
     if settings.mode == "ari" and not settings.asterisk.password.get_secret_value():
         print("voiceline: asterisk.password is empty in ari mode: export ARI_PASSWORD "
               "(the password of the ARI user in ari.conf), or use --mode audiosocket", file=sys.stderr)
         return EXIT_INVALID
-    levels = dict(settings.logging.levels)
-    levels.setdefault("streaming", settings.streaming.logging_level)
-    configure_logging(settings.logging.level, settings.logging.format, levels)
-    app = App(settings)
+    # Taking calls that can only fail is worse than not starting: say what to fix.
+    problem = default_provider_problem(settings, providers)
+    if problem is not None:
+        print(f"voiceline: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    _configure_logging(settings)
+    for item in warnings:
+        log.warning("config_warning", detail=item)
+    app = App(settings, providers=providers)
     try:
         asyncio.run(app.run_until_signalled())
     except OSError as exc:
@@ -83,14 +106,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from voiceline.app import build_providers
     from voiceline.doctor import doctor
     from voiceline.telemetry.logging import configure_logging
 
     configure_logging("WARNING", "console", {})
     overrides = {"mode": args.mode} if args.mode else {}
-    settings = load_or_exit(_config_path(args.config), overrides)
-    report, healthy = doctor(settings, build_providers(settings))
+    path = _config_path(args.config)
+    settings, warnings = load_or_exit(path, overrides)
+    providers = check_or_exit(settings, path)
+    _print_warnings(warnings)
+    report, healthy = doctor(settings, providers)
     print(report)
     print("all required checks passed" if healthy else "some required checks failed")
     return 0 if healthy else 1
@@ -107,7 +132,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def _history_store(args: argparse.Namespace):
     from voiceline.telemetry.history import HistoryStore
 
-    settings = load_or_exit(_config_path(args.config))
+    settings, _ = load_or_exit(_config_path(args.config))
     return HistoryStore(settings.history.url.get_secret_value())
 
 

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -33,15 +32,17 @@ from voiceline.providers.base import (
     Transcript,
     UserStartedSpeaking,
 )
-from voiceline.providers.local import (
+from voiceline.config import (
     DEFAULT_APOLOGY,
     DEFAULT_GREETING,
     DEFAULT_SCRIPT_PHRASES,
-    LLMConfig,
-    LocalAgentConfig,
+    LocalLLMSettings,
+    LocalProviderSettings,
+    LocalSTTSettings,
+)
+from voiceline.providers.local import (
     LocalAgentProvider,
     LocalAgentSession,
-    STTConfig,
     STTError,
 )
 from voiceline.providers.local.tts import resample_to, wav_to_samples
@@ -143,7 +144,7 @@ def is_type(kind: type) -> Callable[[ProviderEvent], bool]:
 
 @contextlib.asynccontextmanager
 async def running(
-    config: LocalAgentConfig,
+    config: LocalProviderSettings,
 ) -> AsyncIterator[tuple[LocalAgentSession, Recorder]]:
     provider = LocalAgentProvider(config)
     ok, reason = provider.availability()
@@ -232,10 +233,10 @@ async def llm_server() -> AsyncIterator[FakeLLMServer]:
     await server.stop()
 
 
-def llm_config(base_url: str, **llm: object) -> LocalAgentConfig:
-    return LocalAgentConfig(
+def llm_config(base_url: str, **llm: object) -> LocalProviderSettings:
+    return LocalProviderSettings(
         greeting=None,
-        llm=LLMConfig(
+        llm=LocalLLMSettings(
             kind="openai_compatible",
             base_url=base_url,
             model="fake-model",
@@ -252,11 +253,11 @@ def llm_config(base_url: str, **llm: object) -> LocalAgentConfig:
     ("stt", "question", "keyword"),
     [
         # The general English model: a question it hears reliably on espeak speech.
-        (STTConfig(), "are you open on monday", "open"),
+        (LocalSTTSettings(phrases=None), "are you open on monday", "open"),
         # The script's phrase model (the shipped demo default): the exact question.
         # ("hours" itself is sometimes heard as "how do"; the hours rule still answers.)
         (
-            STTConfig(phrases=list(DEFAULT_SCRIPT_PHRASES)),
+            LocalSTTSettings(phrases=list(DEFAULT_SCRIPT_PHRASES)),
             "what are your opening hours",
             "opening",
         ),
@@ -264,9 +265,9 @@ def llm_config(base_url: str, **llm: object) -> LocalAgentConfig:
     ids=["general-model", "phrase-model"],
 )
 async def test_scripted_call_greets_hears_and_answers(
-    stt: STTConfig, question: str, keyword: str
+    stt: LocalSTTSettings, question: str, keyword: str
 ) -> None:
-    async with running(LocalAgentConfig(stt=stt)) as (session, rec):
+    async with running(LocalProviderSettings(stt=stt)) as (session, rec):
         assert session.capabilities.input_format.sample_rate == RATE
         assert session.capabilities.detects_turns and session.capabilities.interruptible
 
@@ -463,9 +464,9 @@ async def test_close_during_a_reply_is_clean(llm_server: FakeLLMServer) -> None:
 
 
 async def test_tts_failure_is_reported_and_the_call_continues() -> None:
-    config = LocalAgentConfig()
+    config = LocalProviderSettings()
     provider = LocalAgentProvider(config)
-    provider.tts.config = replace(config.tts, voice="nosuchvoice")  # espeak-ng exits 1
+    provider.tts.config = config.tts.model_copy(update={"voice": "nosuchvoice"})  # espeak-ng exits 1
     session = provider.create_session(CallContext(call_id="tts-broken"))
     rec = Recorder(session)
     await session.start()
@@ -484,7 +485,7 @@ async def test_tts_failure_is_reported_and_the_call_continues() -> None:
 
 
 async def test_recognizer_worker_death_is_a_fatal_provider_error() -> None:
-    provider = LocalAgentProvider(LocalAgentConfig(greeting=None))
+    provider = LocalAgentProvider(LocalProviderSettings(greeting=None))
     session = provider.create_session(CallContext(call_id="stt-dies"))
     rec = Recorder(session)
     await session.start()
@@ -509,7 +510,7 @@ async def test_recognizer_worker_death_is_a_fatal_provider_error() -> None:
 
 
 async def test_start_fails_clearly_when_the_model_cannot_load(tmp_path) -> None:
-    config = LocalAgentConfig(greeting=None, stt=STTConfig(model=str(tmp_path)))
+    config = LocalProviderSettings(greeting=None, stt=LocalSTTSettings(model=str(tmp_path)))
     provider = LocalAgentProvider(config)
     ok, reason = provider.availability()
     assert not ok and "acoustic model not found" in reason
@@ -540,7 +541,7 @@ class CountingTTS:
 
 async def test_many_sentences_are_synthesised_a_few_at_a_time_in_order() -> None:
     sentences = [f"This is sentence number {n}." for n in range(1, 9)]
-    config = LocalAgentConfig(greeting=" ".join(sentences))
+    config = LocalProviderSettings(greeting=" ".join(sentences))
     provider = LocalAgentProvider(config)
     counting = CountingTTS(provider.tts)
     provider.tts = counting  # type: ignore[assignment]

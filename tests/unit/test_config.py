@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from voiceline.cli import main
-from voiceline.config import ConfigError, expand_env, load_settings, parse_settings
+from voiceline.config import ConfigError, Settings, expand_env, load_settings, parse_settings
+from voiceline.wiring import build_stream_params, check_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "ai-agent.yaml"
@@ -45,13 +46,108 @@ def test_negative_duration_is_named_with_value():
     assert "streaming.provider_grace_ms" in text and "-5" in text and "greater than or equal to 0" in text
 
 
-def test_cross_field_rules():
-    with pytest.raises(ConfigError, match="streaming: low_watermark_ms \\(200\\) must be below min_start_ms \\(120\\)"):
-        parse_settings({"streaming": {"low_watermark_ms": 200}})
-    with pytest.raises(ConfigError, match="jitter_buffer_ms"):
-        parse_settings({"streaming": {"jitter_buffer_ms": 100, "min_start_ms": 200, "low_watermark_ms": 40}})
-    with pytest.raises(ConfigError, match="streaming: chunk_size_ms must be a multiple of 10"):
-        parse_settings({"streaming": {"chunk_size_ms": 25}})
+def stream_problem(streaming: dict, **sections) -> str:
+    settings, _ = parse_settings({"streaming": streaming, **sections}, env={})
+    with pytest.raises(ConfigError) as err:
+        build_stream_params(settings)
+    assert len(err.value.problems) == 1
+    return err.value.problems[0]
+
+
+def test_cross_field_rules_of_the_streaming_core_are_reported_with_the_key():
+    assert stream_problem({"low_watermark_ms": 200}).startswith(
+        "streaming.low_watermark_ms: low_watermark_ms (200) must be below min_start_ms (120)")
+    assert stream_problem({"max_buffer_ms": 100, "min_start_ms": 200, "low_watermark_ms": 40}).startswith(
+        "streaming.max_buffer_ms: max_buffer_ms (100) must be >= min_start_ms (200)")
+    assert stream_problem({"chunk_size_ms": 25}).startswith(
+        "streaming.chunk_size_ms: chunk_size_ms must be a multiple of 10")
+    assert stream_problem({"fallback_timeout_ms": 100}).startswith("streaming.fallback_timeout_ms:")
+
+
+def test_stream_params_are_built_from_the_streaming_section_and_the_streaming_log_level():
+    settings, _ = parse_settings({
+        "streaming": {"min_start_ms": 200, "low_watermark_ms": 40, "max_buffer_ms": 5000},
+        "logging": {"level": "WARNING", "levels": {"streaming": "DEBUG"}},
+    }, env={})
+    params = build_stream_params(settings)
+    assert (params.min_start_ms, params.low_watermark_ms, params.max_buffer_ms) == (200, 40, 5000)
+    assert params.logging_level == "DEBUG"
+    # Without its own level the streaming core follows the root level.
+    settings, _ = parse_settings({"logging": {"level": "ERROR"}}, env={})
+    assert build_stream_params(settings).logging_level == "ERROR"
+
+
+def test_check_config_reports_a_streaming_combination_by_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("streaming:\n  low_watermark_ms: 200\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-config", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid configuration in {bad}" in err
+    assert "streaming.low_watermark_ms: low_watermark_ms (200) must be below" in err
+
+
+def test_broken_script_rule_is_reported_with_its_key():
+    settings, _ = parse_settings(
+        {"providers": {"local": {"llm": {"rules": [{"match": ["ok"], "reply": "Fine."},
+                                                   {"match": ["re:(unclosed"], "reply": "Broken."}]}}}},
+        env={})
+    with pytest.raises(ConfigError) as err:
+        check_settings(settings)
+    assert err.value.problems[0].startswith("providers.local.llm.rules[1].match[0]: 're:(unclosed'")
+
+
+def test_old_key_names_still_work_with_a_deprecation_warning():
+    settings, warnings = parse_settings(
+        {"streaming": {"jitter_buffer_ms": 9000, "logging_level": "DEBUG"}}, env={})
+    assert settings.streaming.max_buffer_ms == 9000
+    assert settings.logging.levels == {"streaming": "DEBUG"}
+    assert warnings == [
+        "streaming.jitter_buffer_ms is deprecated: it is now streaming.max_buffer_ms (same meaning); rename it",
+        "streaming.logging_level is deprecated: it is now logging.levels.streaming (same meaning); rename it",
+    ]
+    assert build_stream_params(settings).logging_level == "DEBUG"
+
+
+def test_old_and_new_key_together_is_an_error():
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"streaming": {"jitter_buffer_ms": 9000, "max_buffer_ms": 8000,
+                                      "logging_level": "DEBUG"},
+                        "logging": {"levels": {"streaming": "INFO"}}}, env={})
+    assert err.value.problems == [
+        "streaming.jitter_buffer_ms: renamed to streaming.max_buffer_ms, which is set too; keep only"
+        " streaming.max_buffer_ms",
+        "streaming.logging_level: renamed to logging.levels.streaming, which is set too; keep only"
+        " logging.levels.streaming",
+    ]
+
+
+def test_shutdown_drain_timeout():
+    assert Settings().shutdown.drain_timeout_s == 30.0
+    settings, _ = parse_settings({"shutdown": {"drain_timeout_s": 5}}, env={})
+    assert settings.shutdown.drain_timeout_s == 5.0
+    with pytest.raises(ConfigError, match="shutdown.drain_timeout_s: Input should be greater than or equal to 0"):
+        parse_settings({"shutdown": {"drain_timeout_s": -1}}, env={})
+    with pytest.raises(ConfigError, match="shutdown.grace: unknown key"):
+        parse_settings({"shutdown": {"grace": 1}}, env={})
+
+
+def test_shipped_file_documents_exactly_the_model_defaults():
+    # Defaults live in the models; the shipped file lists them for the operator.
+    # With no environment set, the two must agree key for key.
+    settings, _ = load_settings(SHIPPED, env={})
+    assert settings.masked() == Settings().masked()
+    assert settings.digest() == Settings().digest()
+
+
+def test_cli_override_errors_are_named(tmp_path, capsys):
+    path = tmp_path / "engine.yaml"
+    path.write_text("mode: audiosocket\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--config", str(path), "--provider", "nope"])
+    assert exit_info.value.code == 2
+    assert "default_provider: unknown provider 'nope'" in capsys.readouterr().err
 
 
 def test_bad_values_listed_together():
@@ -64,7 +160,7 @@ def test_bad_values_listed_together():
 
 
 def test_unknown_default_provider():
-    with pytest.raises(ConfigError, match="default_provider 'nope' is not one of"):
+    with pytest.raises(ConfigError, match=r"default_provider: unknown provider 'nope'; one of \['deepgram', 'echo', 'local', 'openai_realtime'\]"):
         parse_settings({"default_provider": "nope"})
 
 

@@ -12,14 +12,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from voiceline.config import DEFAULT_FALLBACK_REPLY, DEFAULT_RULES, LocalLLMSettings, LocalScriptRule
 from voiceline.providers.local.llm import (
-    DEFAULT_FALLBACK_REPLY,
-    DEFAULT_RULES,
-    LLMConfig,
     LLMError,
     OpenAICompatibleLLM,
     ScriptedLLM,
-    ScriptRule,
     SentenceSplitter,
     SSEParser,
     create_llm,
@@ -52,10 +49,10 @@ def test_default_rules_answer_the_faq() -> None:
 def test_keywords_are_whole_words_with_optional_prefix_star_and_regex() -> None:
     llm = ScriptedLLM(
         [
-            ScriptRule(match=["bye"], reply="Bye."),
-            ScriptRule(match=["price*"], reply="Prices."),
-            ScriptRule(match=["re:\\border(ed)?\\s+number\\b"], reply="Order."),
-            ScriptRule(match=["talk to someone"], reply="Human."),
+            LocalScriptRule(match=["bye"], reply="Bye."),
+            LocalScriptRule(match=["price*"], reply="Prices."),
+            LocalScriptRule(match=["re:\\border(ed)?\\s+number\\b"], reply="Order."),
+            LocalScriptRule(match=["talk to someone"], reply="Human."),
         ],
         fallback_reply="Fallback.",
     )
@@ -71,7 +68,7 @@ def test_keywords_are_whole_words_with_optional_prefix_star_and_regex() -> None:
 
 def test_first_matching_rule_wins() -> None:
     llm = ScriptedLLM(
-        [ScriptRule(["open"], "First."), ScriptRule(["open", "hours"], "Second.")]
+        [LocalScriptRule(match=["open"], reply="First."), LocalScriptRule(match=["open", "hours"], reply="Second.")]
     )
     assert llm.match("open hours") == "First."
     assert llm.match("hours") == "Second."
@@ -80,14 +77,14 @@ def test_first_matching_rule_wins() -> None:
 def test_invalid_rules_name_their_position() -> None:
     with pytest.raises(ValueError, match=r"rules\[1\]\.match\[0\]"):
         ScriptedLLM(
-            [ScriptRule(["ok"], "Fine."), ScriptRule(["re:(unclosed"], "Broken.")]
+            [LocalScriptRule(match=["ok"], reply="Fine."), LocalScriptRule(match=["re:(unclosed"], reply="Broken.")]
         )
     with pytest.raises(ValueError, match=r"rules\[0\]\.match is empty"):
-        ScriptedLLM([ScriptRule([], "Nothing.")])
+        ScriptedLLM([LocalScriptRule.model_construct(match=[], reply="Nothing.")])
 
 
 async def test_scripted_reply_yields_sentences() -> None:
-    llm = create_llm(LLMConfig())
+    llm = create_llm(LocalLLMSettings())
     assert isinstance(llm, ScriptedLLM)
     sentences = await collect(llm.reply([], "what are your hours"))
     assert sentences == [
@@ -279,7 +276,7 @@ async def server() -> AsyncIterator[FakeServer]:
 
 def client(url: str, **overrides: Any) -> OpenAICompatibleLLM:
     return OpenAICompatibleLLM(
-        LLMConfig(kind="openai_compatible", base_url=url, model="tiny", **overrides)
+        LocalLLMSettings(kind="openai_compatible", base_url=url, model="tiny", **overrides)
     )
 
 
@@ -404,4 +401,4 @@ async def test_server_down_becomes_llm_error() -> None:
 
 def test_openai_compatible_needs_a_model() -> None:
     with pytest.raises(ValueError, match="llm.model is required"):
-        OpenAICompatibleLLM(LLMConfig(kind="openai_compatible"))
+        OpenAICompatibleLLM(LocalLLMSettings.model_construct(kind="openai_compatible"))

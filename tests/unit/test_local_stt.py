@@ -19,15 +19,11 @@ import numpy as np
 import pytest
 import soxr
 
-from voiceline.providers.local.llm import (
-    DEFAULT_RULES,
-    DEFAULT_SCRIPT_PHRASES,
-    ScriptedLLM,
-)
+from voiceline.config import DEFAULT_RULES, DEFAULT_SCRIPT_PHRASES, LocalSTTSettings
+from voiceline.providers.local.llm import ScriptedLLM
 from voiceline.providers.local.stt import (
     PocketSphinxRecognizer,
     StreamingSTT,
-    STTConfig,
     STTError,
     build_phrase_model,
     check_model,
@@ -58,12 +54,12 @@ def caller(text: str, speed: int = 150) -> bytes:
 
 @cache
 def general() -> PocketSphinxRecognizer:
-    return PocketSphinxRecognizer(STTConfig(), RATE)
+    return PocketSphinxRecognizer(LocalSTTSettings(phrases=None), RATE)
 
 
 @cache
 def phrases() -> PocketSphinxRecognizer:
-    return PocketSphinxRecognizer(STTConfig(phrases=list(DEFAULT_SCRIPT_PHRASES)), RATE)
+    return PocketSphinxRecognizer(LocalSTTSettings(phrases=list(DEFAULT_SCRIPT_PHRASES)), RATE)
 
 
 SCRIPT = ScriptedLLM(DEFAULT_RULES)
@@ -118,7 +114,7 @@ def test_20ms_feeding_equals_one_shot() -> None:
 
 
 def test_streaming_mode_recognises_after_the_cepstral_mean_adapted() -> None:
-    rec = PocketSphinxRecognizer(STTConfig(streaming=True), RATE)
+    rec = PocketSphinxRecognizer(LocalSTTSettings(phrases=None, streaming=True), RATE)
     for _ in range(2):  # the live mean starts from the model's default: let it adapt
         rec.transcribe(caller("where can i find you"))
     rec.start()
@@ -142,7 +138,7 @@ def test_grammar_mode(tmp_path: Path) -> None:
     grammar.write_text(
         "#JSGF V1.0;\ngrammar faq;\npublic <q> = what are your opening hours | where are you located | goodbye;\n"
     )
-    rec = PocketSphinxRecognizer(STTConfig(grammar=str(grammar)), RATE)
+    rec = PocketSphinxRecognizer(LocalSTTSettings(phrases=None, grammar=str(grammar)), RATE)
     assert (
         rec.transcribe(caller("what are your opening hours"))
         == "what are your opening hours"
@@ -166,22 +162,22 @@ def test_phrase_model_drops_words_missing_from_the_dictionary(tmp_path: Path) ->
 
 
 def test_missing_model_files_are_reported_with_a_fix(tmp_path: Path) -> None:
-    assert check_model(STTConfig()) is None
-    problem = check_model(STTConfig(model=str(tmp_path / "nope")))
+    assert check_model(LocalSTTSettings(phrases=None)) is None
+    problem = check_model(LocalSTTSettings(phrases=None, model=str(tmp_path / "nope")))
     assert (
         problem is not None
         and "stt.model" in problem
         and "reinstall pocketsphinx" in problem
     )
-    problem = check_model(STTConfig(grammar=str(tmp_path / "none.gram")))
+    problem = check_model(LocalSTTSettings(phrases=None, grammar=str(tmp_path / "none.gram")))
     assert problem is not None and "stt.grammar" in problem
     with pytest.raises(STTError, match="acoustic model not found"):
-        create_decoder(STTConfig(model=str(tmp_path)))
+        create_decoder(LocalSTTSettings(phrases=None, model=str(tmp_path)))
 
 
 async def test_streaming_stt_runs_the_recognizer_off_the_event_loop() -> None:
     # The factory is pickled into the worker process: a partial, not a lambda.
-    stt = StreamingSTT(functools.partial(PocketSphinxRecognizer, STTConfig(), RATE))
+    stt = StreamingSTT(functools.partial(PocketSphinxRecognizer, LocalSTTSettings(phrases=None), RATE))
     await stt.open()
     try:
         audio = caller("are you open on monday")

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voiceline.config import LocalTTSSettings
 from voiceline.providers.local.tts import (
     EspeakTTS,
-    TTSConfig,
     TTSError,
     clean_for_speech,
     wav_to_samples,
@@ -35,7 +35,7 @@ def rms(pcm: bytes) -> float:
 
 @pytest.mark.parametrize("rate", [8000, 16000])
 async def test_slin16_at_the_requested_rate_with_plausible_duration(rate: int) -> None:
-    tts = EspeakTTS(TTSConfig(), rate)
+    tts = EspeakTTS(LocalTTSSettings(), rate)
     pcm = await tts.synthesize(SENTENCE)
     assert len(pcm) % 2 == 0
     duration = seconds(pcm, rate)
@@ -48,17 +48,17 @@ async def test_slin16_at_the_requested_rate_with_plausible_duration(rate: int) -
 
 
 async def test_rates_agree_and_speed_changes_duration() -> None:
-    d8 = seconds(await EspeakTTS(TTSConfig(), 8000).synthesize(SENTENCE), 8000)
-    d16 = seconds(await EspeakTTS(TTSConfig(), 16000).synthesize(SENTENCE), 16000)
+    d8 = seconds(await EspeakTTS(LocalTTSSettings(), 8000).synthesize(SENTENCE), 8000)
+    d16 = seconds(await EspeakTTS(LocalTTSSettings(), 16000).synthesize(SENTENCE), 16000)
     assert abs(d8 - d16) < 0.01  # same speech, only resampled
     slow = seconds(
-        await EspeakTTS(TTSConfig(speed=110), 8000).synthesize(SENTENCE), 8000
+        await EspeakTTS(LocalTTSSettings(speed=110), 8000).synthesize(SENTENCE), 8000
     )
     assert slow > d8 * 1.3
 
 
 async def test_resampling_keeps_speech_in_the_telephone_band() -> None:
-    pcm = await EspeakTTS(TTSConfig(), 8000).synthesize(SENTENCE)
+    pcm = await EspeakTTS(LocalTTSSettings(), 8000).synthesize(SENTENCE)
     spectrum = np.abs(np.fft.rfft(np.frombuffer(pcm, dtype="<i2").astype(float)))
     freqs = np.fft.rfftfreq(len(pcm) // 2, 1 / 8000)
     voice = spectrum[(freqs > 100) & (freqs < 3400)].sum()
@@ -66,7 +66,7 @@ async def test_resampling_keeps_speech_in_the_telephone_band() -> None:
 
 
 async def test_cache_returns_repeated_prompts_at_once() -> None:
-    tts = EspeakTTS(TTSConfig(), 8000, cache_size=2)
+    tts = EspeakTTS(LocalTTSSettings(), 8000, cache_size=2)
     first = await tts.synthesize("Hello there.")
     t = time.perf_counter()
     again = await tts.synthesize("  Hello   there. ")  # same text after clean-up
@@ -79,11 +79,11 @@ async def test_cache_returns_repeated_prompts_at_once() -> None:
 
 async def test_markup_is_not_spoken_and_empty_text_is_silent() -> None:
     assert clean_for_speech("**Sure!** Call `now` # ok") == "Sure! Call now ok"
-    assert await EspeakTTS(TTSConfig(), 8000).synthesize(" * _ ") == b""
+    assert await EspeakTTS(LocalTTSSettings(), 8000).synthesize(" * _ ") == b""
 
 
 async def test_text_starting_with_a_dash_is_text_not_an_option() -> None:
-    pcm = await EspeakTTS(TTSConfig(), 8000).synthesize(
+    pcm = await EspeakTTS(LocalTTSSettings(), 8000).synthesize(
         "-v is not a voice option here."
     )
     assert seconds(pcm, 8000) > 1.0
@@ -92,10 +92,10 @@ async def test_text_starting_with_a_dash_is_text_not_an_option() -> None:
 async def test_missing_binary_and_unknown_voice_raise_tts_error() -> None:
     with pytest.raises(TTSError, match="apt-get install espeak-ng"):
         await EspeakTTS(
-            TTSConfig(espeak_binary="/nonexistent/espeak-ng"), 8000
+            LocalTTSSettings(espeak_binary="/nonexistent/espeak-ng"), 8000
         ).synthesize("hi")
     with pytest.raises(TTSError, match="exit 1"):
-        await EspeakTTS(TTSConfig(voice="nosuchvoice"), 8000).synthesize("hi")
+        await EspeakTTS(LocalTTSSettings(voice="nosuchvoice"), 8000).synthesize("hi")
 
 
 def espeak_children() -> list[int]:
@@ -116,7 +116,7 @@ async def test_cancelling_kills_the_espeak_process(delay_s: float) -> None:
     # Cancel at several points of a long synthesis (~1 MB of WAV): the call
     # must return promptly (an unread, paused stdout pipe used to hang it) and
     # leave no espeak-ng process behind.
-    tts = EspeakTTS(TTSConfig(), 8000, cache_size=0)
+    tts = EspeakTTS(LocalTTSSettings(), 8000, cache_size=0)
     task = asyncio.create_task(tts.synthesize("A long sentence. " * 400))
     for _ in range(100):  # wait until espeak-ng runs (bounded)
         await asyncio.sleep(0.01)
@@ -132,7 +132,7 @@ async def test_cancelling_kills_the_espeak_process(delay_s: float) -> None:
 
 
 async def test_timeout_kills_the_espeak_process() -> None:
-    tts = EspeakTTS(TTSConfig(timeout_s=0.05), 8000, cache_size=0)
+    tts = EspeakTTS(LocalTTSSettings(timeout_s=0.05), 8000, cache_size=0)
     with pytest.raises(TTSError, match="longer than 0.05 s"):
         await asyncio.wait_for(tts.synthesize("A long sentence. " * 400), 5)
     assert espeak_children() == []

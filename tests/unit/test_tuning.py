@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voiceline.config import StreamingSettings
+from voiceline.config import parse_settings
 from voiceline.core.stream_params import StreamParams
 from voiceline.core.stream_stats import StreamStats
 from voiceline.telemetry.tuning import (
@@ -13,6 +13,7 @@ from voiceline.telemetry.tuning import (
     format_hints,
     tuning_hints,
 )
+from voiceline.wiring import build_stream_params
 
 DEFAULTS = StreamParams()  # chunk 20, min_start 120, low watermark 20, fallback 4000, grace 500
 
@@ -239,9 +240,10 @@ def test_numbers_from_stream_stats_dict():
     assert numbers.first_frame_max_ms == 100.0
 
 
-def test_settings_model_works_as_params():
-    hint = only(tuning_hints(clean(fallbacks=1), StreamingSettings()))
-    assert hint.suggested == 6000
+def test_hints_take_the_params_the_composition_root_built():
+    settings, _ = parse_settings({"streaming": {"fallback_timeout_ms": 3000}}, env={})
+    hint = only(tuning_hints(clean(fallbacks=1), build_stream_params(settings)))
+    assert (hint.key, hint.current, hint.suggested) == ("streaming.fallback_timeout_ms", 3000, 4500)
 
 
 def test_format_hints_joins_hints_on_one_line():

@@ -11,6 +11,7 @@ import asyncio
 from collections import deque
 
 from voiceline.audio.formats import SLIN_8K
+from voiceline.config import EchoProviderSettings
 from voiceline.tasks import cancel_and_wait
 from voiceline.providers.base import (
     AgentAudio,
@@ -71,8 +72,9 @@ class EchoSession(ProviderSession):
 class EchoProvider(Provider):
     name = "echo"
 
-    def __init__(self, delay_ms: int) -> None:
-        self.delay_ms = delay_ms
+    def __init__(self, settings: EchoProviderSettings | None = None) -> None:
+        self.settings = settings if settings is not None else EchoProviderSettings()
+        self.delay_ms = self.settings.delay_ms
 
     def availability(self) -> tuple[bool, str]:
         return True, "always available"

@@ -1,7 +1,8 @@
 """Per-call tuning hints for the outbound streaming settings.
 
 ``tuning_hints(numbers, params)`` is a pure function of one call's streaming
-numbers and the settings the call ran with. It answers "should I change
+numbers and the ``StreamParams`` the call ran with (the one object the streaming
+core itself uses, so a hint reasons with the same frame counts the stream did). It answers "should I change
 ``streaming.*`` after this call, and to what?" with computed values and a
 one-sentence reason each, so an operator can act on a single call's log line.
 
@@ -40,12 +41,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from voiceline.core.stream_params import StreamParams
 
 __all__ = [
     "CallStreamingNumbers",
     "Hint",
-    "TuningParams",
     "format_hints",
     "tuning_hints",
 ]
@@ -65,16 +68,6 @@ MIN_DEPTH_SAMPLES_TO_LOWER = 50  # one second of playback at 20 ms frames
 MIN_GAIN_FRAMES_TO_LOWER = 2
 # First-frame latency this far above min_start means a slow provider start.
 SLOW_START_MARGIN_MS = 100
-
-
-class TuningParams(Protocol):
-    """The settings the hints talk about; ``StreamParams`` and ``StreamingSettings`` fit."""
-
-    chunk_size_ms: int
-    min_start_ms: int
-    low_watermark_ms: int
-    fallback_timeout_ms: int
-    provider_grace_ms: int
 
 
 @dataclass(frozen=True)
@@ -150,7 +143,7 @@ class CallStreamingNumbers:
         return max(self.first_frame_latency_ms) if self.first_frame_latency_ms else None
 
 
-def tuning_hints(numbers: CallStreamingNumbers, params: TuningParams) -> list[Hint]:
+def tuning_hints(numbers: CallStreamingNumbers, params: StreamParams) -> list[Hint]:
     """Every hint that applies, most urgent first; exactly one hint if none does."""
     hints: list[Hint] = []
     for rule in (_restarts, _fallbacks, _pauses, _late_chunks, _slow_start):
@@ -170,7 +163,7 @@ def format_hints(hints: Sequence[Hint]) -> str:
 # ---- rules ------------------------------------------------------------------------
 
 
-def _restarts(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
+def _restarts(n: CallStreamingNumbers, p: StreamParams) -> Hint | None:
     if n.restarts <= 0:
         return None
     return Hint(
@@ -180,7 +173,7 @@ def _restarts(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     )
 
 
-def _fallbacks(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
+def _fallbacks(n: CallStreamingNumbers, p: StreamParams) -> Hint | None:
     current = p.fallback_timeout_ms
     if n.fallbacks <= 0 or current <= 0:  # a disabled timeout never falls back
         return None
@@ -200,7 +193,7 @@ def _fallbacks(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     )
 
 
-def _pauses(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
+def _pauses(n: CallStreamingNumbers, p: StreamParams) -> Hint | None:
     if n.pauses <= 0:
         return None
     if not n.pause_durations_ms and n.silence_frames_inserted == 0:
@@ -237,7 +230,7 @@ def _pauses(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     )
 
 
-def _late_chunks(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
+def _late_chunks(n: CallStreamingNumbers, p: StreamParams) -> Hint | None:
     if n.late_chunks_dropped <= 0 or n.barge_ins > 0:
         return None
     current = p.provider_grace_ms
@@ -257,7 +250,7 @@ def _late_chunks(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     )
 
 
-def _slow_start(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
+def _slow_start(n: CallStreamingNumbers, p: StreamParams) -> Hint | None:
     p50 = n.first_frame_p50_ms
     if p50 is None or p50 <= p.min_start_ms + SLOW_START_MARGIN_MS:
         return None
@@ -268,13 +261,13 @@ def _slow_start(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     )
 
 
-def _lower_min_start(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
+def _lower_min_start(n: CallStreamingNumbers, p: StreamParams) -> Hint | None:
     p50 = n.first_frame_p50_ms
     if n.depth_min is None or p50 is None or n.depth_samples < MIN_DEPTH_SAMPLES_TO_LOWER:
         return None
     frame = p.chunk_size_ms
-    low_frames = math.ceil(p.low_watermark_ms / frame)
-    current_frames = math.ceil(p.min_start_ms / frame)
+    low_frames = p.frames(p.low_watermark_ms)
+    current_frames = p.frames(p.min_start_ms)
     unused_frames = n.depth_min - low_frames - 1  # keep one frame of margin
     floor_frames = low_frames + 1  # the config requires min_start above the watermark
     suggested_frames = max(floor_frames, current_frames - max(unused_frames, 0))
@@ -290,7 +283,7 @@ def _lower_min_start(n: CallStreamingNumbers, p: TuningParams) -> Hint | None:
     )
 
 
-def _no_change(n: CallStreamingNumbers, p: TuningParams) -> Hint:
+def _no_change(n: CallStreamingNumbers, p: StreamParams) -> Hint:
     if n.turns == 0 or n.frames_sent == 0:
         return Hint(None, None, None, "no change needed: no agent audio was streamed in this call")
     p50 = n.first_frame_p50_ms

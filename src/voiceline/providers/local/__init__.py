@@ -1,43 +1,31 @@
-"""Offline local voice agent: webrtcvad + pocketsphinx + scripted/OpenAI-compatible LLM + espeak-ng."""
+"""Offline local voice agent: webrtcvad + pocketsphinx + scripted/OpenAI-compatible LLM + espeak-ng.
+
+Its settings model (with the defaults of the demo FAQ line) is
+``voiceline.config.LocalProviderSettings``; the agent reads it directly.
+"""
 
 from voiceline.providers.local.agent import (
-    DEFAULT_APOLOGY,
-    DEFAULT_GREETING,
-    LocalAgentConfig,
     LocalAgentProvider,
     LocalAgentSession,
     TurnTimings,
 )
 from voiceline.providers.local.llm import (
-    DEFAULT_FALLBACK_REPLY,
-    DEFAULT_RULES,
-    DEFAULT_SCRIPT_PHRASES,
-    LLMConfig,
     LLMError,
     OpenAICompatibleLLM,
     ScriptedLLM,
-    ScriptRule,
+    create_llm,
 )
-from voiceline.providers.local.stt import STTConfig, STTError
-from voiceline.providers.local.tts import TTSConfig, TTSError
+from voiceline.providers.local.stt import STTError
+from voiceline.providers.local.tts import TTSError
 
 __all__ = [
-    "DEFAULT_APOLOGY",
-    "DEFAULT_FALLBACK_REPLY",
-    "DEFAULT_GREETING",
-    "DEFAULT_RULES",
-    "DEFAULT_SCRIPT_PHRASES",
-    "LLMConfig",
     "LLMError",
-    "LocalAgentConfig",
     "LocalAgentProvider",
     "LocalAgentSession",
     "OpenAICompatibleLLM",
-    "STTConfig",
     "STTError",
-    "ScriptRule",
     "ScriptedLLM",
-    "TTSConfig",
     "TTSError",
     "TurnTimings",
+    "create_llm",
 ]

@@ -30,13 +30,13 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import structlog
 
 from voiceline.audio.formats import AudioFormat
+from voiceline.config import LocalProviderSettings
 from voiceline.providers.base import (
     AgentAudio,
     AgentAudioDone,
@@ -51,25 +51,20 @@ from voiceline.providers.base import (
     UserStartedSpeaking,
 )
 from voiceline.providers.local.llm import (
-    DEFAULT_RULES,
-    DEFAULT_SCRIPT_PHRASES,
-    LLMConfig,
     LLMError,
+    OpenAICompatibleLLM,
     ReplyGenerator,
     ScriptedLLM,
-    ScriptRule,
-    create_llm,
     split_sentences,
 )
 from voiceline.providers.local.stt import (
     PocketSphinxRecognizer,
     StreamingSTT,
-    STTConfig,
     STTError,
     check_model,
     model_paths,
 )
-from voiceline.providers.local.tts import INSTALL_HINT, EspeakTTS, TTSConfig, TTSError
+from voiceline.providers.local.tts import INSTALL_HINT, EspeakTTS, TTSError
 from voiceline.providers.local.vad import (
     EndOfUtteranceDetector,
     FrameSplitter,
@@ -78,132 +73,15 @@ from voiceline.providers.local.vad import (
 )
 
 __all__ = [
-    "DEFAULT_APOLOGY",
-    "DEFAULT_GREETING",
-    "DEFAULT_RULES",
-    "DEFAULT_SCRIPT_PHRASES",
-    "LocalAgentConfig",
     "LocalAgentProvider",
     "LocalAgentSession",
 ]
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_GREETING = "Hello, this is the voiceline demo agent. How can I help you?"
-DEFAULT_APOLOGY = (
-    "Sorry, I am having trouble answering right now. Please try again in a moment."
-)
-
 _VAD_FRAME_MS = 20
 _PREROLL_MS = 200  # audio before the confirmed onset run handed to the recogniser too
 _TTS_AHEAD = 2  # sentences synthesised concurrently within one turn
-
-
-@dataclass
-class LocalAgentConfig:
-    # slin16 in and out at this rate (8000, 16000, 32000 or 48000)
-    sample_rate: int = 8000
-    # webrtcvad mode 0..3 (3 = most eager to call audio non-speech)
-    vad_aggressiveness: int = 2
-    # consecutive speech that confirms the caller started talking (barge-in)
-    onset_ms: int = 100
-    # trailing silence that ends the caller's turn
-    end_of_utterance_ms: int = 600
-    # shorter utterances (coughs, clicks) are not transcribed
-    min_utterance_ms: int = 250
-    # an utterance is cut here even without a pause
-    max_utterance_ms: int = 20000
-    # spoken on start; None = wait for the caller
-    greeting: str | None = DEFAULT_GREETING
-    # spoken (after a ProviderError) when the LLM fails
-    apology: str = DEFAULT_APOLOGY
-    # size of AgentAudio chunks
-    chunk_ms: int = 100
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    tts: TTSConfig = field(default_factory=TTSConfig)
-    stt: STTConfig = field(default_factory=STTConfig)
-
-    def validate(self) -> None:
-        """Raise ValueError naming the offending key."""
-        if self.sample_rate not in (8000, 16000, 32000, 48000):
-            raise ValueError(
-                f"sample_rate must be 8000, 16000, 32000 or 48000, got {self.sample_rate}"
-            )
-        if not 0 <= self.vad_aggressiveness <= 3:
-            raise ValueError(
-                f"vad_aggressiveness must be 0..3, got {self.vad_aggressiveness}"
-            )
-        for name in ("onset_ms", "end_of_utterance_ms"):
-            if getattr(self, name) < _VAD_FRAME_MS:
-                raise ValueError(f"{name} must be at least {_VAD_FRAME_MS}")
-        if self.min_utterance_ms < 0:
-            raise ValueError("min_utterance_ms must not be negative")
-        if self.max_utterance_ms < max(self.min_utterance_ms, self.onset_ms):
-            raise ValueError(
-                "max_utterance_ms must be at least min_utterance_ms and onset_ms"
-            )
-        if self.chunk_ms <= 0:
-            raise ValueError("chunk_ms must be positive")
-        if not self.apology.strip():
-            raise ValueError("apology must not be empty")
-        if self.tts.speed <= 0:
-            raise ValueError("tts.speed must be positive")
-        if self.tts.timeout_s <= 0:
-            raise ValueError("tts.timeout_s must be positive")
-        if self.llm.kind not in ("scripted", "openai_compatible"):
-            raise ValueError(
-                f"llm.kind must be 'scripted' or 'openai_compatible', got {self.llm.kind!r}"
-            )
-        if self.llm.kind == "openai_compatible":
-            if not self.llm.model:
-                raise ValueError(
-                    "llm.model is required when llm.kind is openai_compatible"
-                )
-            if not self.llm.base_url.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"llm.base_url must be an http(s) URL, got {self.llm.base_url!r}"
-                )
-            if self.llm.timeout_s <= 0:
-                raise ValueError("llm.timeout_s must be positive")
-        else:
-            ScriptedLLM(self.llm.rules, self.llm.fallback_reply)  # compiles every rule
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LocalAgentConfig:
-        """Build from plain mappings (parsed YAML); unknown keys raise ValueError with their path."""
-        config = _from_mapping(cls, data, "local")
-        config.validate()
-        return config
-
-
-_NESTED: dict[type, dict[str, type]] = {
-    LocalAgentConfig: {"llm": LLMConfig, "tts": TTSConfig, "stt": STTConfig},
-}
-
-
-def _from_mapping(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{path} must be a mapping, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in names:
-            raise ValueError(f"unknown key {path}.{key}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        nested = _NESTED.get(cls, {}).get(key)
-        if nested is not None:
-            value = _from_mapping(nested, value, f"{path}.{key}")
-        elif cls is LLMConfig and key == "rules":
-            if not isinstance(value, list):
-                raise ValueError(f"{path}.rules must be a list")
-            value = [
-                _from_mapping(ScriptRule, r, f"{path}.rules[{i}]")
-                for i, r in enumerate(value)
-            ]
-        kwargs[key] = value
-    result = cls(**kwargs)
-    assert is_dataclass(result)
-    return result
 
 
 @dataclass
@@ -243,7 +121,7 @@ class TurnTimings:
 class LocalAgentSession(ProviderSession):
     def __init__(
         self,
-        config: LocalAgentConfig,
+        settings: LocalProviderSettings,
         ctx: CallContext,
         *,
         tts: EspeakTTS,
@@ -251,22 +129,22 @@ class LocalAgentSession(ProviderSession):
         recognizer_factory: Callable[[], PocketSphinxRecognizer],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        fmt = AudioFormat("slin16", config.sample_rate)
+        fmt = AudioFormat("slin16", settings.sample_rate)
         super().__init__(
             ProviderCapabilities(fmt, fmt, detects_turns=True, interruptible=True)
         )
-        self.config = config
+        self.settings = settings
         self.ctx = ctx
         self._format = fmt
-        self._chunk_bytes = max(2, fmt.bytes_for_ms(config.chunk_ms))
+        self._chunk_bytes = max(2, fmt.bytes_for_ms(settings.chunk_ms))
         self._vad = EndOfUtteranceDetector(
-            sample_rate=config.sample_rate,
+            sample_rate=settings.sample_rate,
             frame_ms=_VAD_FRAME_MS,
-            aggressiveness=config.vad_aggressiveness,
-            onset_ms=config.onset_ms,
-            end_of_utterance_ms=config.end_of_utterance_ms,
-            min_utterance_ms=config.min_utterance_ms,
-            max_utterance_ms=config.max_utterance_ms,
+            aggressiveness=settings.vad_aggressiveness,
+            onset_ms=settings.onset_ms,
+            end_of_utterance_ms=settings.end_of_utterance_ms,
+            min_utterance_ms=settings.min_utterance_ms,
+            max_utterance_ms=settings.max_utterance_ms,
         )
         self._frames = FrameSplitter(self._vad.frame_bytes)
         self._preroll: deque[bytes] = deque(
@@ -293,9 +171,9 @@ class LocalAgentSession(ProviderSession):
             raise RuntimeError("session is closed")
         if self._started:
             return
-        if self.config.greeting:
+        if self.settings.greeting:
             # The greeting is synthesised while the recogniser loads its model.
-            self._begin_turn(functools.partial(self._greet, self.config.greeting))
+            self._begin_turn(functools.partial(self._greet, self.settings.greeting))
         try:
             await self._stt.open()
         except Exception:
@@ -502,7 +380,7 @@ class LocalAgentSession(ProviderSession):
                     self._emit(ProviderError(str(item), code="llm_error"))
                     if timings.first_sentence is None:
                         timings.first_sentence = self._clock()
-                    item = (self.config.apology, synthesize(self.config.apology))
+                    item = (self.settings.apology, synthesize(self.settings.apology))
                 elif isinstance(item, BaseException):
                     raise item
                 sentence, synth = item
@@ -558,30 +436,35 @@ class LocalAgentProvider(Provider):
 
     def __init__(
         self,
-        config: LocalAgentConfig | None = None,
+        settings: LocalProviderSettings | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config if config is not None else LocalAgentConfig()
-        self.config.validate()
+        """Raises ValueError naming the key (below ``providers.local``) when the
+        script's rules do not compile."""
+        self.settings = settings if settings is not None else LocalProviderSettings()
         self._clock = clock
         # Shared: stateless apart from its cache of recently synthesised sentences.
-        self.tts = EspeakTTS(self.config.tts, self.config.sample_rate)
+        self.tts = EspeakTTS(self.settings.tts, self.settings.sample_rate)
+        llm = self.settings.llm
+        # Compiled once here, so a broken rule is a config error at start-up, and
+        # shared by every call (matching keeps no state).
+        self._script = ScriptedLLM(llm.rules, llm.fallback_reply) if llm.kind == "scripted" else None
 
     def availability(self) -> tuple[bool, str]:
         problems: list[str] = []
         espeak = self.tts.binary_path()
         if espeak is None:
             problems.append(
-                f"espeak-ng binary {self.config.tts.espeak_binary!r} not found; {INSTALL_HINT} "
+                f"espeak-ng binary {self.settings.tts.espeak_binary!r} not found; {INSTALL_HINT} "
                 "(or set tts.espeak_binary)"
             )
-        stt_problem = check_model(self.config.stt)
+        stt_problem = check_model(self.settings.stt)
         if stt_problem:
             problems.append(stt_problem)
         if problems:
             return False, "; ".join(problems)
-        llm = self.config.llm
+        llm = self.settings.llm
         if llm.kind == "scripted":
             llm_note = f"scripted replies ({len(llm.rules)} rules)"
         else:
@@ -592,17 +475,17 @@ class LocalAgentProvider(Provider):
             )
         return (
             True,
-            f"espeak-ng at {espeak}, pocketsphinx model {model_paths(self.config.stt).hmm}, {llm_note}",
+            f"espeak-ng at {espeak}, pocketsphinx model {model_paths(self.settings.stt).hmm}, {llm_note}",
         )
 
     def create_session(self, ctx: CallContext) -> LocalAgentSession:
         return LocalAgentSession(
-            self.config,
+            self.settings,
             ctx,
             tts=self.tts,
-            llm=create_llm(self.config.llm),
+            llm=self._script if self._script is not None else OpenAICompatibleLLM(self.settings.llm),
             recognizer_factory=functools.partial(
-                PocketSphinxRecognizer, self.config.stt, self.config.sample_rate
+                PocketSphinxRecognizer, self.settings.stt, self.settings.sample_rate
             ),
             clock=self._clock,
         )

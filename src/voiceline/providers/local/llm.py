@@ -15,11 +15,12 @@ import codecs
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
+
+from voiceline.config import DEFAULT_FALLBACK_REPLY, LocalLLMSettings, LocalScriptRule
 
 log = structlog.get_logger(__name__)
 
@@ -28,141 +29,6 @@ Message = Mapping[str, str]
 
 class LLMError(Exception):
     """The reply could not be generated (server down, HTTP error, timeout, bad stream)."""
-
-
-# ---- configuration -------------------------------------------------------------------
-
-
-@dataclass
-class ScriptRule:
-    """``match``: keywords/phrases (whole words, case-insensitive; a trailing ``*``
-    matches any word ending, e.g. ``open*`` matches "opening") or regular
-    expressions written ``re:<pattern>``. The rule fires when any entry matches."""
-
-    match: list[str]
-    reply: str
-
-
-DEFAULT_FALLBACK_REPLY = (
-    "Sorry, I did not catch that. You can ask about our opening hours or our address."
-)
-
-# The demo FAQ line. Keywords are deliberately generous: pocketsphinx with its
-# general English model often mishears words ("opening hours" comes out as
-# "opening our ears" or "open the autumn"), so a rule fires on any of several
-# words a question about the topic is likely to contain. First match wins, so the
-# order matters: "where are you open" (a common mishearing of "when are you open")
-# is answered with the opening hours.
-DEFAULT_RULES: tuple[ScriptRule, ...] = (
-    ScriptRule(
-        match=[
-            "hour*",
-            "open*",
-            "clos*",
-            "what time",
-            "business hours",
-            "monday",
-            "weekend*",
-            "sunday",
-        ],
-        reply="We are open from nine to five, Monday to Friday. We are closed on weekends.",
-    ),
-    ScriptRule(
-        match=[
-            "address*",
-            "where",
-            "locat*",
-            "direction*",
-            "find you",
-            "get there",
-            "how do i get",
-            "street",
-        ],
-        reply=(
-            "You can find us at forty two Example Street, next to the central station. "
-            "There is a car park right behind the building."
-        ),
-    ),
-    ScriptRule(
-        match=[
-            "human",
-            "person",
-            "operator",
-            "somebody",
-            "someone",
-            "agent",
-            "representative",
-        ],
-        reply=(
-            "I am the demo agent and cannot transfer calls. "
-            "I can tell you our opening hours or our address."
-        ),
-    ),
-    ScriptRule(
-        match=["thank*"],
-        reply="You are welcome. Is there anything else I can help you with?",
-    ),
-    ScriptRule(
-        match=["bye", "goodbye", "good bye"], reply="Goodbye! Thank you for calling."
-    ),
-    ScriptRule(
-        match=["hello", "hi", "hey"],
-        reply="Hello! You can ask me about our opening hours or our address.",
-    ),
-)
-
-# Example caller sentences for ``stt.phrases`` when the demo runs the default script:
-# recognition restricted to these words is far more reliable than the general model.
-DEFAULT_SCRIPT_PHRASES: tuple[str, ...] = (
-    "what are your opening hours",
-    "what are your hours",
-    "when are you open",
-    "are you open today",
-    "are you open on monday",
-    "are you open on the weekend",
-    "what time do you open",
-    "what time do you close",
-    "when do you close",
-    "where are you located",
-    "what is your address",
-    "where are you",
-    "how do i get there",
-    "where can i find you",
-    "can i speak to a person",
-    "i want to talk to a human",
-    "thank you",
-    "thanks",
-    "hello",
-    "hi",
-    "yes",
-    "no",
-    "goodbye",
-    "bye",
-    "thank you goodbye",
-)
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You are the friendly voice agent of a small business, speaking with a caller on the "
-    "phone. Answer in one to three short, plain spoken sentences. Never use lists, "
-    "markdown, emojis or abbreviations; write numbers as words."
-)
-
-
-@dataclass
-class LLMConfig:
-    kind: Literal["scripted", "openai_compatible"] = "scripted"
-    # openai_compatible: the server's OpenAI-style API root (Ollama, llama.cpp server, vLLM...).
-    base_url: str = "http://127.0.0.1:11434/v1"
-    model: str = ""
-    api_key: str | None = None
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    temperature: float = 0.7
-    max_tokens: int | None = 200
-    timeout_s: float = 20.0  # whole request, first byte to last
-    max_history_messages: int = 20  # earlier messages are not sent
-    # scripted
-    rules: list[ScriptRule] = field(default_factory=lambda: list(DEFAULT_RULES))
-    fallback_reply: str = DEFAULT_FALLBACK_REPLY
 
 
 class ReplyGenerator(Protocol):
@@ -296,7 +162,7 @@ class ScriptedLLM:
     """Keyword/regex rules: the first rule with a matching entry gives the reply."""
 
     def __init__(
-        self, rules: Sequence[ScriptRule], fallback_reply: str = DEFAULT_FALLBACK_REPLY
+        self, rules: Sequence[LocalScriptRule], fallback_reply: str = DEFAULT_FALLBACK_REPLY
     ) -> None:
         self._rules: list[tuple[list[re.Pattern[str]], str]] = []
         for i, rule in enumerate(rules):
@@ -310,7 +176,7 @@ class ScriptedLLM:
                     patterns.append(_compile_entry(entry))
                 except (re.error, ValueError) as exc:
                     raise ValueError(
-                        f"llm.rules[{i}].match[{j}] {entry!r}: {exc}"
+                        f"llm.rules[{i}].match[{j}]: {entry!r} is not a valid entry: {exc}"
                     ) from exc
             self._rules.append((patterns, rule.reply))
         self.fallback_reply = fallback_reply
@@ -421,7 +287,7 @@ def parse_chunk(data: str) -> str:
 class OpenAICompatibleLLM:
     """Streams ``POST {base_url}/chat/completions`` (``stream: true``) and yields sentences."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LocalLLMSettings) -> None:
         if not config.model:
             raise ValueError("llm.model is required when llm.kind is openai_compatible")
         if config.timeout_s <= 0:
@@ -464,8 +330,9 @@ class OpenAICompatibleLLM:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         headers = {"Accept": "text/event-stream"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        api_key = self.config.api_key.get_secret_value()
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         timeout = aiohttp.ClientTimeout(
             total=self.config.timeout_s, sock_connect=min(self.config.timeout_s, 5.0)
         )
@@ -517,7 +384,7 @@ class OpenAICompatibleLLM:
             self._session = None
 
 
-def create_llm(config: LLMConfig) -> ScriptedLLM | OpenAICompatibleLLM:
+def create_llm(config: LocalLLMSettings) -> ScriptedLLM | OpenAICompatibleLLM:
     if config.kind == "scripted":
         return ScriptedLLM(config.rules, config.fallback_reply)
     if config.kind == "openai_compatible":

@@ -16,7 +16,7 @@ adapt); adding quiet noise (``noise_floor``, σ=64) raised the once-per-utteranc
 figure to 100% on that set. The ``phrases`` model below gets 98% on a wider set
 (180 variants) where the general model gets 66%.
 
-Recognition modes (``STTConfig``), in order of precedence:
+Recognition modes (``LocalSTTSettings``, ``providers.local.stt``), in order of precedence:
 
 * ``grammar``: a JSGF file; only sentences of the grammar are recognised.
 * ``keyphrase``: keyword spotting for one phrase.
@@ -44,35 +44,13 @@ import numpy as np
 import soxr
 import structlog
 
+from voiceline.config import LocalSTTSettings
+
 log = structlog.get_logger(__name__)
 
 
 class STTError(Exception):
     """Speech recognition failed (model missing, decoder error)."""
-
-
-@dataclass
-class STTConfig:
-    # Acoustic model directory; None = the en-us model shipped in the pocketsphinx wheel.
-    model: str | None = None
-    # Language model file (.lm.bin / .arpa); None = the bundled general English LM.
-    lm: str | None = None
-    # Pronunciation dictionary; None = the bundled cmudict-en-us.dict.
-    dictionary: str | None = None
-    # Example caller sentences: when set, recognition uses a small model built from them.
-    phrases: list[str] | None = None
-    # Keyword spotting for one phrase (instead of an LM).
-    keyphrase: str | None = None
-    kws_threshold: float = 1e-20
-    # JSGF grammar file (instead of an LM).
-    grammar: str | None = None
-    # Search while the caller speaks (less work left at the end of the utterance)
-    # instead of once per utterance with its own cepstral mean (more accurate,
-    # especially for the first utterances of a call).
-    streaming: bool = False
-    # Standard deviation (16-bit sample units) of the quiet noise added before
-    # recognition; 0 disables. Digital silence upsets pocketsphinx's noise removal.
-    noise_floor: float = 64.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +66,7 @@ def _bundled_model_dir() -> Path:
     return Path(pocketsphinx.get_model_path()) / "en-us"
 
 
-def model_paths(config: STTConfig) -> ModelPaths:
+def model_paths(config: LocalSTTSettings) -> ModelPaths:
     """Where the acoustic model, LM and dictionary are (they may not exist)."""
     base = _bundled_model_dir()
     return ModelPaths(
@@ -98,7 +76,7 @@ def model_paths(config: STTConfig) -> ModelPaths:
     )
 
 
-def check_model(config: STTConfig) -> str | None:
+def check_model(config: LocalSTTSettings) -> str | None:
     """None when every file the recogniser needs exists, else what is missing and how to fix it."""
     try:
         paths = model_paths(config)
@@ -180,7 +158,7 @@ def build_phrase_model(
     return lm_path, dict_path
 
 
-def create_decoder(config: STTConfig) -> Any:
+def create_decoder(config: LocalSTTSettings) -> Any:
     """A configured ``pocketsphinx.Decoder`` (blocking: call it off the event loop)."""
     problem = check_model(config)
     if problem:
@@ -226,7 +204,7 @@ class PocketSphinxRecognizer:
     """
 
     def __init__(
-        self, config: STTConfig, input_rate: int, decoder: Any | None = None
+        self, config: LocalSTTSettings, input_rate: int, decoder: Any | None = None
     ) -> None:
         self._decoder = decoder if decoder is not None else create_decoder(config)
         self.input_rate = input_rate

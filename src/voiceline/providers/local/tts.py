@@ -16,11 +16,12 @@ import re
 import shutil
 import wave
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 import soxr
 import structlog
+
+from voiceline.config import LocalTTSSettings
 
 log = structlog.get_logger(__name__)
 
@@ -29,14 +30,6 @@ INSTALL_HINT = "install it with: apt-get install espeak-ng"
 
 class TTSError(Exception):
     """Speech synthesis failed (binary missing, voice unknown, timeout)."""
-
-
-@dataclass
-class TTSConfig:
-    voice: str = "en-us"
-    speed: int = 165  # words per minute
-    espeak_binary: str = "espeak-ng"
-    timeout_s: float = 10.0  # per sentence
 
 
 _MARKUP = re.compile(r"[*_`#~|<>\[\]{}]+")
@@ -83,7 +76,7 @@ class EspeakTTS:
     """Synthesizes text to slin16 at ``sample_rate``. Safe to share between sessions."""
 
     def __init__(
-        self, config: TTSConfig, sample_rate: int, *, cache_size: int = 64
+        self, config: LocalTTSSettings, sample_rate: int, *, cache_size: int = 64
     ) -> None:
         if config.speed <= 0:
             raise ValueError("tts.speed must be positive")

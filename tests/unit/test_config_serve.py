@@ -1,0 +1,67 @@
+"""`voiceline serve` refuses to start when it could only fail calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from voiceline import cli
+from voiceline.app import App
+
+CONFIG = """
+mode: audiosocket
+default_provider: deepgram
+audiosocket: {port: 0}
+http: {enabled: false}
+history: {enabled: false}
+providers:
+  deepgram:
+    api_key: ${DEEPGRAM_API_KEY}
+"""
+
+
+@pytest.fixture
+def runs(monkeypatch) -> list[App]:
+    """Replaces the serving loop: records the App that would have run, returns at once."""
+    started: list[App] = []
+
+    async def run_until_signalled(self: App) -> None:
+        started.append(self)
+
+    monkeypatch.setattr(App, "run_until_signalled", run_until_signalled)
+    monkeypatch.setattr(cli, "_configure_logging", lambda settings: None, raising=False)
+    return started
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPGRAM_API_KEY", raising=False)
+    path = tmp_path / "engine.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_serve_refuses_an_unusable_default_provider(config, runs, capsys) -> None:
+    code = cli.main(["serve", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert runs == []
+    assert "default provider 'deepgram'" in err
+    assert "DEEPGRAM_API_KEY" in err and "--provider local" in err
+
+
+def test_serve_starts_with_a_usable_override(config, runs) -> None:
+    assert cli.main(["serve", "--config", str(config), "--provider", "echo"]) == 0
+    assert len(runs) == 1 and runs[0].providers.default == "echo"
+
+
+def test_serve_starts_when_the_key_is_set(config, runs, monkeypatch) -> None:
+    monkeypatch.setenv("DEEPGRAM_API_KEY", "dg-key")
+    assert cli.main(["serve", "--config", str(config)]) == 0
+    assert len(runs) == 1 and runs[0].providers.default == "deepgram"
+
+
+def test_serve_rejects_an_unknown_provider_override_by_key(config, runs, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--config", str(config), "--provider", "nope"])
+    assert exit_info.value.code == 2
+    assert "default_provider" in capsys.readouterr().err and runs == []
