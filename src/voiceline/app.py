@@ -240,6 +240,7 @@ def call_summary(call: Call) -> dict:
         "frames_to_provider": c.frames_to_provider,
         "frames_gated": c.frames_gated,
         "inbound_dropped": c.inbound_dropped,
+        "frames_wrong_rate": c.frames_wrong_rate,
         "agent_bytes": c.agent_bytes,
         "provider_errors": c.provider_errors,
         "frames_out": call.leg.frames_out if call.leg is not None else 0,

@@ -123,3 +123,22 @@ async def test_outbound_stream_failure_ends_the_call_with_a_reason(app):
     assert "outbound stream failed" in ended[0].session.end_reason
     assert "socket exploded" in ended[0].session.end_reason
     assert await leg.wait_closed(2.0)
+
+
+async def test_frames_of_another_sample_rate_are_refused_counted_and_logged_once(app):
+    """Defect 9.7: 16 kHz frames on an 8 kHz call reached the provider as if 8 kHz.
+    They are refused (not resampled: a leg switching rate mid-call is a dialplan
+    error to fix, not audio to guess at), counted per call and in a metric."""
+    leg = CallerLeg("127.0.0.1", app.audiosocket.bound_port, sample_rate=16000)
+    await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    call = app.engine.call(leg.call_uuid)
+    await leg.play(_tone(0.4, rate=16000), realtime=False)
+    await _wait_for(lambda: call.counters.frames_in == 20)
+    assert call.counters.frames_wrong_rate == 20
+    assert call.counters.frames_to_provider == 0
+    assert 'ai_agent_inbound_frames_refused_total{reason="wrong_rate"} 20.0' in app.metrics.render().decode()
+    from voiceline.app import call_summary
+    assert call_summary(call)["frames_wrong_rate"] == 20
+    await leg.hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)

@@ -60,6 +60,7 @@ class CallCounters:
     frames_to_provider: int = 0
     frames_gated: int = 0
     inbound_dropped: int = 0
+    frames_wrong_rate: int = 0  # caller frames not at the call's sample rate (refused)
     agent_chunks: int = 0
     agent_bytes: int = 0
     dtmf: int = 0
@@ -232,8 +233,17 @@ class Call:
     # ------------------------------------------------------------------ inbound (from the media leg)
 
     def on_caller_audio(self, payload: bytes, sample_rate: int | None) -> None:
-        """One caller frame (signed linear at ``sample_rate``)."""
+        """One caller frame (signed linear at ``sample_rate``).
+
+        A frame at another rate than the call's is refused, not resampled: the leg
+        was set up for one rate, so a different one is a dialplan or channel error
+        the operator must see (counted, logged once per call), and guessing would
+        feed the provider and the barge-in detector audio they were not set up for.
+        """
         self.counters.frames_in += 1
+        if sample_rate is not None and sample_rate != self.wire_format.sample_rate:
+            self._refuse_wrong_rate(sample_rate)
+            return
         now = self._clock()
         if now >= self._next_energy_sample:
             self._next_energy_sample = now + ENERGY_SAMPLE_INTERVAL_S
@@ -252,6 +262,14 @@ class Call:
             self.counters.frames_gated += 1
             return
         self._forward(payload)
+
+    def _refuse_wrong_rate(self, sample_rate: int) -> None:
+        self.counters.frames_wrong_rate += 1
+        self.sink.caller_frame_refused("wrong_rate")
+        if self.counters.frames_wrong_rate == 1:
+            log.warning("caller_audio_wrong_sample_rate", call_id=self.session.call_id,
+                        frame_rate=sample_rate, call_rate=self.wire_format.sample_rate,
+                        action="frames refused; check the dialplan/externalMedia format")
 
     def _react(self, kind: ReactionKind, new_attempts: int, onset: float | None, now: float) -> None:
         if new_attempts:
