@@ -241,6 +241,8 @@ def call_summary(call: Call) -> dict:
         "frames_gated": c.frames_gated,
         "inbound_dropped": c.inbound_dropped,
         "frames_wrong_rate": c.frames_wrong_rate,
+        "pre_attach_bytes": c.pre_attach_bytes,
+        "pre_attach_dropped_bytes": c.pre_attach_dropped_bytes,
         "agent_bytes": c.agent_bytes,
         "provider_errors": c.provider_errors,
         "frames_out": call.leg.frames_out if call.leg is not None else 0,

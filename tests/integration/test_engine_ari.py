@@ -7,6 +7,7 @@ import asyncio
 from ari_harness import AriRig, ScriptedProvider, wait_for
 
 from voiceline.core.stream_events import FallbackRequested
+from voiceline.providers import base as pb
 
 
 async def test_call_sets_up_bridge_and_media_and_releases_everything(tmp_path):
@@ -93,3 +94,43 @@ async def test_teardown_runs_every_step_and_writes_the_record_whatever_fails(tmp
         assert len(rig.streaming) == 0
         assert rig.ari.bridges == {}, "the steps after the failing one still ran"
         assert 'call_id="' not in rig.metrics.render().decode()
+
+
+def _loud_frames(leg) -> int:
+    import numpy as np
+
+    return sum(1 for f in leg.audio_frames()
+               if np.abs(np.frombuffer(f.payload, "<i2")).max(initial=0) > 1000)
+
+
+async def test_agent_audio_buffered_when_the_provider_drops_is_played_before_the_call_ends(tmp_path):
+    """Defect 9.8: audio the provider sent before closing abruptly mid-turn was thrown
+    away with the call; it is played, then the call ends."""
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        _, call = await rig.call()
+        session = rig.provider.sessions[0]
+        await wait_for(lambda: call._provider_started.is_set())
+        session.emit(pb.AgentStartedSpeaking())
+        session.emit(pb.AgentAudio(b"\x00\x30" * 8000))  # 1 s, loud
+        session.emit(pb.ProviderClosed("connection lost", error=True))
+        await wait_for(lambda: rig.engine.active_calls == 0, timeout=5.0)
+        assert "provider lost" in rig.ended[0].session.end_reason
+        assert _loud_frames(rig.ari.legs[0]) >= 48, "the buffered second of agent audio must reach the caller"
+
+
+async def test_agent_audio_before_the_media_leg_attaches_is_kept_and_played(tmp_path):
+    """Defect 9.8: a greeting sent before the AudioSocket leg attached was dropped uncounted."""
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        rig.ari.slow["external_media"] = 0.3
+        channel_id = rig.ari.new_caller()
+        setup = asyncio.ensure_future(rig.ari.stasis_start(channel_id))
+        await wait_for(lambda: rig.provider.sessions and rig.store.by_channel(channel_id) is not None)
+        call = rig.engine.call(rig.store.by_channel(channel_id).call_id)
+        await wait_for(lambda: call._provider_started.is_set())
+        session = rig.provider.sessions[0]
+        session.emit(pb.AgentStartedSpeaking())
+        session.emit(pb.AgentAudio(b"\x00\x30" * 4000))  # 0.5 s greeting
+        session.emit(pb.AgentAudioDone())
+        await setup
+        assert call.leg is not None
+        await wait_for(lambda: _loud_frames(rig.ari.legs[0]) >= 24, timeout=3.0)

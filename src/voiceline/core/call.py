@@ -52,6 +52,12 @@ ENERGY_SAMPLE_INTERVAL_S = 0.1
 # Caller audio kept while capture is gated, so that after a confirmed barge-in the
 # provider hears the interruption from its first syllable, not from the confirmation.
 PREROLL_S = 0.6
+# Agent audio that arrives before the media leg attaches (a greeting sent while ARI
+# is still setting the call up) is kept up to this much and played once it attaches.
+PRE_ATTACH_MAX_S = 30.0
+# After the provider dropped mid-turn, how long beyond the buffered audio (and the
+# stream's grace) the call waits for it to be played before ending anyway.
+PLAY_OUT_MARGIN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -61,6 +67,8 @@ class CallCounters:
     frames_gated: int = 0
     inbound_dropped: int = 0
     frames_wrong_rate: int = 0  # caller frames not at the call's sample rate (refused)
+    pre_attach_bytes: int = 0  # agent audio kept until the media leg attached
+    pre_attach_dropped_bytes: int = 0  # ... beyond PRE_ATTACH_MAX_S, dropped
     agent_chunks: int = 0
     agent_bytes: int = 0
     dtmf: int = 0
@@ -115,6 +123,9 @@ class Call:
         self.leg: MediaLeg | None = None
         self.stream = None
         self._provider_started = asyncio.Event()
+        # Provider output before the leg attached: ("begin"|"audio"|"end", wire audio).
+        self._pre_attach: list[tuple[str, bytes]] = []
+        self._stream_idle = asyncio.Event()
         self.connected = asyncio.Event()
         self._ended = False
         session.wire_format = str(wire_format)
@@ -162,7 +173,33 @@ class Call:
             self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event,
             on_failure=self._on_stream_failure,
         )
+        self._replay_pre_attach()
         return True
+
+    def _replay_pre_attach(self) -> None:
+        if not self._pre_attach:
+            return
+        now = self._clock()
+        log.info("pre_attach_audio_played", call_id=self.session.call_id,
+                 audio_ms=self.wire_format.ms_for_bytes(self.counters.pre_attach_bytes),
+                 dropped_ms=self.wire_format.ms_for_bytes(self.counters.pre_attach_dropped_bytes))
+        for op, data in self._pre_attach:
+            if op == "begin":
+                self.sink.mark("turn_start", self.stream.begin_turn(now), now)
+            elif op == "audio":
+                self.stream.push(data, now)
+            else:
+                self.stream.end_turn(now)
+        self._pre_attach.clear()
+
+    def _keep_pre_attach(self, op: str, data: bytes = b"") -> None:
+        if data:
+            limit = self.wire_format.bytes_for_ms(PRE_ATTACH_MAX_S * 1000)
+            if self.counters.pre_attach_bytes + len(data) > limit:
+                self.counters.pre_attach_dropped_bytes += len(data)
+                return
+            self.counters.pre_attach_bytes += len(data)
+        self._pre_attach.append((op, data))
 
     def _on_stream_failure(self, exc: BaseException) -> None:
         """The stream's tick raised and the stream was removed (the streaming manager
@@ -357,8 +394,11 @@ class Call:
                 case pb.AgentAudio(data=data):
                     self.counters.agent_chunks += 1
                     self.counters.agent_bytes += len(data)
+                    audio = self._from_provider.convert(data)
                     if self.stream is not None:
-                        self.stream.push(self._from_provider.convert(data), self._clock())
+                        self.stream.push(audio, self._clock())
+                    elif audio:
+                        self._keep_pre_attach("audio", audio)
                 case pb.AgentStartedSpeaking(total_latency_ms=latency_ms):
                     if latency_ms is not None:
                         self.sink.turn_latency(latency_ms / 1000)
@@ -366,10 +406,15 @@ class Call:
                         now = self._clock()
                         turn_id = self.stream.begin_turn(now)
                         self.sink.mark("turn_start", turn_id, now)
+                    else:
+                        self._keep_pre_attach("begin")
                 case pb.AgentAudioDone():
                     if self.stream is not None:
                         self.stream.end_turn(self._clock())
+                    else:
+                        self._keep_pre_attach("end")
                 case pb.UserStartedSpeaking():
+                    self._pre_attach.clear()  # the caller spoke first: that greeting is moot
                     # The provider heard the caller: drop queued agent audio at once (counted once).
                     self._barge_in(self._clock(), source="provider", onset=None)
                 case pb.Transcript(role=role, text=text, final=final):
@@ -388,8 +433,29 @@ class Call:
                     pass  # informational; the turn timing comes from AgentStartedSpeaking
                 case pb.ProviderClosed(reason=reason, error=error):
                     if error and not self._ended:
+                        await self._play_out(reason)
                         await self._end_call(call_id, f"provider lost: {reason}")
                     return
+
+    async def _play_out(self, reason: str) -> None:
+        """The provider dropped: let the caller hear the agent audio already received."""
+        stream = self.stream
+        if stream is None or stream.state is StreamState.IDLE:
+            return
+        now = self._clock()
+        stream.end_turn(now)  # no more audio will come for it
+        params = self._streaming.params
+        buffered_s = stream.depth_frames * params.chunk_size_ms / 1000
+        budget_s = buffered_s + params.provider_grace_ms / 1000 + PLAY_OUT_MARGIN_S
+        log.info("provider_lost_playing_out", call_id=self.session.call_id, reason=reason,
+                 buffered_ms=round(buffered_s * 1000))
+        self._stream_idle.clear()
+        if stream.state is StreamState.IDLE:
+            return
+        try:
+            await asyncio.wait_for(self._stream_idle.wait(), budget_s)
+        except asyncio.TimeoutError:
+            log.warning("provider_lost_play_out_timeout", call_id=self.session.call_id, budget_s=round(budget_s, 2))
 
     # ------------------------------------------------------------------ stream events
 
@@ -406,6 +472,8 @@ class Call:
             sink.mark("agent_off", event.turn_id, now)
             sink.mark("turn_end", event.reason, now)
             self._apply_gate(self.policy.turn_ended(self._turn_playback_id(event.turn_id), event.reason))
+            if self.stream is not None and self.stream.state is StreamState.IDLE:
+                self._stream_idle.set()
         elif isinstance(event, StreamingPaused):
             sink.mark("pause", event.depth, now)
         elif isinstance(event, StreamingResumed):
