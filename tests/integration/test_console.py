@@ -352,6 +352,7 @@ async def test_console_needs_the_token_when_one_is_set(serve):
         assert "call-mid" not in page
     status, _, body = await get(f"{base}/console/api/live")
     assert status == 401 and json.loads(body) == {"error": "unauthorized"}
+    assert (await get(f"{base}/console/static/console.css"))[0] == 200  # no data in it; styles the 401 page
     assert (await get(f"{base}/console/live", token="wrong"))[0] == 401
     assert (await get(f"{base}/console/live", token=TOKEN))[0] == 200
     assert (await get(f"{base}/console/api/calls", token=TOKEN))[0] == 200

@@ -40,12 +40,13 @@ from voiceline.telemetry import console_pages as pages
 from voiceline.telemetry.history import CallHistory, HistoryStore, calls_table
 from voiceline.telemetry.report import render_svg
 
-__all__ = ["COOKIE_NAME", "Console", "ConsoleAuth", "is_console_path", "search_calls"]
+__all__ = ["CONSOLE_STYLESHEET", "COOKIE_NAME", "Console", "ConsoleAuth", "is_console_path", "search_calls"]
 
 log = structlog.get_logger("voiceline.console")
 
 PREFIX = pages.PREFIX
 COOKIE_NAME = "voiceline_console"
+CONSOLE_STYLESHEET = f"{PREFIX}/static/console.css"
 PAGE_SIZE = 50
 _COOKIE_CONTEXT = b"voiceline console session v1"
 _TOKEN_QUERY = "token"
@@ -133,7 +134,7 @@ class Console:
         add(f"{PREFIX}/api/live", self._live_json, allow_head=False)
         add(f"{PREFIX}/api/calls", self._history_json, allow_head=False)
         add(f"{PREFIX}/api/calls/{{call_id}}", self._call_json, allow_head=False)
-        add(f"{PREFIX}/static/console.css", self._css, allow_head=False)
+        add(CONSOLE_STYLESHEET, self._css, allow_head=False)
         add(f"{PREFIX}/static/live.js", self._js, allow_head=False)
 
     # ---- live

@@ -9,7 +9,8 @@
   Prometheus version scrapes) of ``metrics.registry``.
 * ``GET /console/...`` the operator console (``telemetry/console.py``, docs/console.md).
 
-With ``http.bearer_token`` set, every endpoint except ``/live`` needs
+With ``http.bearer_token`` set, every endpoint except ``/live`` (and the console's
+stylesheet) needs
 ``Authorization: Bearer <token>`` (compared in constant time; the token is never
 logged). Console paths also take the console's session cookie, which a browser
 gets by opening a console URL once with ``?token=<token>``. Unknown paths are 404, methods other than GET 405. Binds
@@ -27,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from voiceline.config import HttpSettings
-from voiceline.telemetry.console import Console, ConsoleAuth, is_console_path
+from voiceline.telemetry.console import CONSOLE_STYLESHEET, Console, ConsoleAuth, is_console_path
 from voiceline.telemetry.history import CallHistory
 from voiceline.telemetry.metrics import Metrics
 
@@ -36,7 +37,8 @@ __all__ = ["PROMETHEUS_CONTENT_TYPE", "TelemetryServer"]
 log = structlog.get_logger("voiceline.http")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_UNAUTHENTICATED_PATHS = frozenset({"/live"})
+# The console stylesheet carries no data; open, so the console's 401 page is styled too.
+_UNAUTHENTICATED_PATHS = frozenset({"/live", CONSOLE_STYLESHEET})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
