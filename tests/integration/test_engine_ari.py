@@ -134,3 +134,21 @@ async def test_agent_audio_before_the_media_leg_attaches_is_kept_and_played(tmp_
         await setup
         assert call.leg is not None
         await wait_for(lambda: _loud_frames(rig.ari.legs[0]) >= 24, timeout=3.0)
+
+
+async def test_capture_reopens_when_a_turn_end_message_is_lost(tmp_path):
+    """Defect 9.11: a malformed AgentAudioDone left the caller gated until the fallback
+    timer (4 s). Gating follows audio really played: once the stream had nothing to send
+    for provider_grace_ms (500 ms), capture reopens. (The exact rule is unit-tested with
+    a fake clock in tests/unit/test_call_policy.py.)"""
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        _, call = await rig.call()
+        session = rig.provider.sessions[0]
+        await wait_for(lambda: call._provider_started.is_set())
+        session.emit(pb.AgentStartedSpeaking())
+        session.emit(pb.AgentAudio(b"\x00\x30" * 2400))  # 0.3 s; its AgentAudioDone never comes
+        await wait_for(lambda: not call.session.audio_capture_enabled)
+        # Reopens after the audio (~0.3 s) and the grace (0.5 s); the fallback timer would
+        # only reopen it ~4.4 s after the audio started.
+        await wait_for(lambda: call.session.audio_capture_enabled, timeout=3.0)
+        assert call.session.conversation.end_reasons.get("starved") == 1

@@ -121,6 +121,9 @@ class Engine:
             end_call=self.end_call, playback=playback, clock=self._clock,
             sink=self.sink.for_call(call_id, choice.provider.name, self._clock()),
             barge_in=self._barge_in,
+            # Capture follows audio really played (see CallPolicy): a turn whose end
+            # message never came stops gating after the stream's grace.
+            starvation_s=self.streaming.params.provider_grace_ms / 1000,
         )
         self._calls[call_id] = call
         if release is not None:
