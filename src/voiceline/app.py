@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import structlog
 
@@ -23,14 +23,13 @@ from voiceline.core.pacer import Pacer
 from voiceline.core.session_store import SessionStore
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 from voiceline.tasks import cancel_and_wait
-from voiceline.providers.base import Provider
 from voiceline.providers.registry import ProviderRegistry
 from voiceline.telemetry.history import CallHistory
 from voiceline.telemetry.http import TelemetryServer
 from voiceline.telemetry.call_sink import TelemetrySink
 from voiceline.telemetry.metrics import Metrics
 from voiceline.telemetry.tuning import CallStreamingNumbers, format_hints, tuning_hints
-from voiceline.wiring import build_providers, build_stream_params
+from voiceline.wiring import Parts, build_parts
 
 log = structlog.get_logger("voiceline.app")
 
@@ -41,19 +40,19 @@ class App:
         settings: Settings,
         *,
         clock: Callable[[], float] | None = None,
-        providers: Mapping[str, Provider] | None = None,
+        parts: Parts | None = None,
     ) -> None:
-        """``providers``: already built by ``wiring.check_settings`` (else built here)."""
+        """``parts``: StreamParams and providers already built by ``wiring.build_parts``
+        (``serve`` checks them before starting); built here otherwise."""
         self.settings = settings
         self._clock = clock
         self.metrics = Metrics()
         self.store = SessionStore()
         self.coordinator = ConversationCoordinator(self.store, on_gating_change=self.metrics.gating_changed)
         # Built once: the stream of every call and the tuning hints read the same params.
-        self.stream_params = build_stream_params(settings)
-        self.providers = ProviderRegistry(
-            providers if providers is not None else build_providers(settings), settings.default_provider
-        )
+        parts = parts if parts is not None else build_parts(settings)
+        self.stream_params = parts.stream_params
+        self.providers = ProviderRegistry(parts.providers, settings.default_provider)
         self.ari: AriClient | None = None
         self.engine: Engine | None = None
         self.ari_mode: AriMode | None = None
@@ -65,6 +64,7 @@ class App:
         self.history: CallHistory | None = None
         self.http: TelemetryServer | None = None
         self._started_at = 0.0
+        self.draining = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -163,8 +163,22 @@ class App:
         }
         if self.ari is not None:
             checks["ari_connected"] = self.ari.connected
+        checks["taking_calls"] = {"usable": not self.draining, "detail": "draining" if self.draining else "ok"}
         ready = all(v if isinstance(v, bool) else v["usable"] for v in checks.values())
         return ready, checks
+
+    async def drain(self, abort: asyncio.Event | None = None) -> int:
+        """Stop taking new calls (/ready turns 503 "draining"), let live calls finish for
+        up to shutdown.drain_timeout_s (or until ``abort``), then end the rest cleanly.
+        Returns how many calls the timeout (or abort) ended."""
+        self.draining = True
+        if self.audiosocket is not None and self.settings.mode == "audiosocket":
+            # In ari mode the listener must keep taking the media legs of calls still
+            # being set up; new calls are refused at StasisStart instead.
+            self.audiosocket.stop_accepting()
+        if self.engine is None:
+            return 0
+        return await self.engine.drain(self.settings.shutdown.drain_timeout_s, abort)
 
     def health(self) -> dict:
         calls = []
@@ -217,11 +231,17 @@ class App:
     async def run_until_signalled(self) -> None:
         await self.start()
         stop = asyncio.Event()
+        abort = asyncio.Event()  # a second signal: end the remaining calls at once
+
+        def on_signal() -> None:
+            (abort if stop.is_set() else stop).set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
         log.info("voiceline_stopping")
+        await self.drain(abort)
         await self.stop()
 
 

@@ -154,6 +154,19 @@ class FakeAri:
             return True
         return False
 
+    async def continue_in_dialplan(self, channel_id: str, context=None, extension=None, priority=None) -> bool:
+        await self._step("continue_in_dialplan", channel_id)
+        return channel_id in self.channels
+
+    async def list_channels(self) -> list[dict]:
+        await self._step("list_channels")
+        return [{"id": c, "name": f"PJSIP/{c}", "dialplan": {"app_name": "Stasis", "app_data": "voiceline"}}
+                for c in sorted(self.channels)]
+
+    async def list_bridges(self) -> list[dict]:
+        await self._step("list_bridges")
+        return [{"id": b, "name": name, "channels": []} for b, name in self.bridges.items()]
+
     async def finish_playback(self, playback_id: str) -> None:
         self.playbacks.discard(playback_id)
         await self.mode.on_event({"type": "PlaybackFinished", "playback": {"id": playback_id}})

@@ -143,6 +143,9 @@ class AriMode:
             return
         if self.engine.store.by_channel(channel_id) is not None:
             return  # a channel of a call we already handle
+        if not self.engine.accepting:
+            await self._send_back_to_dialplan(channel_id)
+            return
         call_id = str(uuid.uuid4())
         try:
             requested = await self.ari.get_variable(channel_id, PROVIDER_VARIABLE)
@@ -166,6 +169,22 @@ class AriMode:
             why = str(exc) or f"media channel not ready within {MEDIA_SETUP_TIMEOUT_S:.0f} s"
             log.error("call_setup_failed", call_id=call_id, channel_id=channel_id, error=why)
             await self.engine.end_call(call_id, f"setup failed: {why}")
+
+    async def _send_back_to_dialplan(self, channel_id: str) -> None:
+        """Draining: hand a new caller back to the dialplan (which can route it to
+        another node); hang up if that is not possible."""
+        try:
+            if await self.ari.continue_in_dialplan(channel_id):
+                log.info("call_refused_draining", channel_id=channel_id, action="continue_in_dialplan")
+                return
+            why = "channel gone"
+        except AriError as exc:
+            why = str(exc)
+        log.warning("call_refused_draining", channel_id=channel_id, action="hangup", continue_failed=why)
+        try:
+            await self.ari.hangup(channel_id)
+        except AriError as exc:
+            log.warning("ari_cleanup_failed", channel_id=channel_id, step="hangup_refused_caller", error=str(exc))
 
     async def _connect_media(self, call: Call, resources: _CallResources) -> None:
         """Each step first checks that the call still lives; each resource is recorded

@@ -86,6 +86,10 @@ class AudioSocketMode:
     def accept(self, connection: AudioSocketConnection) -> AudioSocketLeg | None:
         """AcceptFn for the AudioSocket server: the handler for this UUID, or None to refuse."""
         conn_uuid = connection.uuid or ""
+        if not self.engine.accepting:
+            log.info("audiosocket_refused_draining", uuid=conn_uuid, peer=connection.peer[0])
+            self._metrics.audiosocket_refused("draining")
+            return None
         if self.engine.knows(conn_uuid):
             log.warning("audiosocket_duplicate_uuid", uuid=conn_uuid, peer=connection.peer[0])
             self._metrics.audiosocket_refused("duplicate-uuid")

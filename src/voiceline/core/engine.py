@@ -69,6 +69,9 @@ class Engine:
         self._release: dict[str, ReleaseStep] = {}
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._on_call_ended = on_call_ended
+        self._accepting = True
+        self._no_calls = asyncio.Event()
+        self._no_calls.set()
 
     # ------------------------------------------------------------------ introspection
 
@@ -81,6 +84,14 @@ class Engine:
 
     def calls(self) -> list[Call]:
         return list(self._calls.values())
+
+    @property
+    def accepting(self) -> bool:
+        """False once draining started: the mode adapters refuse new calls."""
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
 
     def knows(self, call_id: str) -> bool:
         """The call is live or still being torn down."""
@@ -126,6 +137,7 @@ class Engine:
             starvation_s=self.streaming.params.provider_grace_ms / 1000,
         )
         self._calls[call_id] = call
+        self._no_calls.clear()
         if release is not None:
             self._release[call_id] = release
         self.sink.call_started(call_id, choice.provider.name)
@@ -167,6 +179,8 @@ class Engine:
         session.state = CallState.ENDED
         session.ended_at = time.time()
         self._calls.pop(call_id, None)
+        if not self._calls:
+            self._no_calls.set()
         for step, action in (
             ("forget_gating", lambda: self.coordinator.forget(call_id)),
             ("remove_session", lambda: self.store.remove(call_id)),
@@ -191,6 +205,26 @@ class Engine:
             raise
         except Exception:
             log.exception("call_teardown_step_failed", call_id=call_id, step=step)
+
+    async def drain(self, timeout_s: float, abort: asyncio.Event | None = None) -> int:
+        """Take no new calls, let live ones finish for up to ``timeout_s`` (or until
+        ``abort`` is set), then end the rest cleanly (records written). Returns how
+        many calls had to be ended."""
+        self.stop_accepting()
+        log.info("drain_started", live_calls=len(self._calls), timeout_s=timeout_s)
+        waits = [asyncio.ensure_future(self._no_calls.wait())]
+        if abort is not None:
+            waits.append(asyncio.ensure_future(abort.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        left = list(self._calls)
+        reason = "shutdown: second signal" if abort is not None and abort.is_set() else "shutdown: drain timeout"
+        await asyncio.gather(*(self.end_call(call_id, reason) for call_id in left))
+        log.info("drain_finished", ended_by_timeout=len(left))
+        return len(left)
 
     async def shutdown(self, reason: str = "engine shutting down") -> None:
         for call_id in list(self._calls):
