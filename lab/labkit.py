@@ -51,6 +51,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -295,6 +296,30 @@ class AsteriskLab:
         with opener.open(req, timeout=timeout) as resp:
             body = resp.read()
         return json.loads(body) if body else None
+
+    def ari_delete(self, path: str, timeout: float = 5.0) -> int:
+        """DELETE ``{ari_url}/{path}``; the HTTP status (404 included, not raised)."""
+        req = urllib.request.Request(f"{self.ari_url}/{path.lstrip('/')}", method="DELETE")
+        mgr = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        mgr.add_password(None, self.ari_url, self.ari_user, self.ari_password)
+        opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(mgr))
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def sweep(self) -> list[str]:
+        """Hang up every channel and destroy every bridge (test isolation after a
+        failed test); returns what was removed."""
+        removed = []
+        for channel in self.ari_get("channels"):
+            self.ari_delete(f"channels/{channel['id']}")
+            removed.append(f"channel {channel['id']} {channel.get('name', '')}")
+        for bridge in self.ari_get("bridges"):
+            self.ari_delete(f"bridges/{bridge['id']}")
+            removed.append(f"bridge {bridge['id']} {bridge.get('name', '')}")
+        return removed
 
     def events_url(self, app: str = "voiceline") -> str:
         """ARI events WebSocket URL for ``app`` (credentials in ``api_key``)."""
@@ -1038,6 +1063,14 @@ class CallInBackground:
             self._outcome["result"] = place_call(exten, audio_path, duration_s, **kwargs)
         except BaseException as exc:  # handed to the test thread by result()
             self._outcome["error"] = exc
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # A test that failed half-way still waits for its caller, so SIPp's ports are
+        # free for the next test.
+        self._thread.join(120.0)
 
     def result(self, timeout: float = 120.0) -> CallResult:
         self._thread.join(timeout)

@@ -339,3 +339,14 @@ def derived_config(tmp_path: Path, replacements: dict[str, str], name: str = "ai
     path = tmp_path / name
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture
+def swept_asterisk(asterisk):
+    """The lab Asterisk, swept clean after the test: a fault test that failed must not
+    leave channels or bridges that fail the next one. What was swept is printed."""
+    yield asterisk
+    if asterisk.running():
+        removed = asterisk.sweep()
+        if removed:
+            print(f"\nswept from Asterisk after the test: {removed}")

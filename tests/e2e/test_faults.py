@@ -22,6 +22,9 @@ from conftest import (
     history_url,
 )
 
+# A failed case must not leave channels or bridges behind for the next one.
+pytestmark = pytest.mark.usefixtures("swept_asterisk")
+
 QUESTION = "What time do you open tomorrow morning?"
 ECHO_PHRASE = "Hello, this is a test of the voiceline echo path. One, two, three, four, five."
 # The companion echo call uses its own SIPp ports so both calls run at once.
@@ -86,11 +89,11 @@ def test_provider_fault_stays_inside_its_call(asterisk, engine, deepgram_sim, st
 
     faulty_audio, faulty_s = _caller_audio(tmp_path, question_at_s=4.0, total_s=call_s)
     echo_audio = labkit.make_speech_ulaw(ECHO_PHRASE, tmp_path / "echo.ulaw", seconds=8)
-    faulty = labkit.CallInBackground("ai-deepgram", faulty_audio, faulty_s, capture=False,
-                                     call_dir=tmp_path / "faulty")
-    echo = labkit.place_call("stasis", echo_audio, 9.0, sip_port=ECHO_SIP_PORT, rtp_port=ECHO_RTP_PORT,
-                             call_dir=tmp_path / "echo")
-    faulty_result = faulty.result()
+    with labkit.CallInBackground("ai-deepgram", faulty_audio, faulty_s, capture=False,
+                                 call_dir=tmp_path / "faulty") as faulty:
+        echo = labkit.place_call("stasis", echo_audio, 9.0, sip_port=ECHO_SIP_PORT, rtp_port=ECHO_RTP_PORT,
+                                 call_dir=tmp_path / "echo")
+        faulty_result = faulty.result()
 
     _assert_echo_clean(echo, stall_witness)
     [faulty_id] = _call_ids(proc, "deepgram")
@@ -129,11 +132,11 @@ def test_stalled_turn_played_from_file_then_caller_is_heard(asterisk, engine, de
     # The rest of the turn plays from file until ~21 s into the call; the caller speaks after.
     question_at_s = 23.0
     audio, total_s = _caller_audio(tmp_path, question_at_s=question_at_s, total_s=31.0)
-    call = labkit.CallInBackground("stasis", audio, total_s, capture=False, call_dir=tmp_path / "call")
-    started = proc.wait_for("call_started", timeout=10)[0]
-    call_id = started["call_id"]
-    answered_at = _epoch(started)
-    result = call.result()
+    with labkit.CallInBackground("stasis", audio, total_s, capture=False, call_dir=tmp_path / "call") as call:
+        started = proc.wait_for("call_started", timeout=10)[0]
+        call_id = started["call_id"]
+        answered_at = _epoch(started)
+        result = call.result()
     assert result.ok, result.errors()
 
     ended = proc.wait_for("STREAMING ENDED", call_id=call_id)[0]
