@@ -97,6 +97,7 @@ class App:
                 fallback_media_uri=st.fallback_media_uri, clock=clock,
             )
             accept = self.ari_mode.accept
+            self.ari_mode.remove_stale_fallback_files()
         else:
             self.audiosocket_mode = AudioSocketMode(self.engine, self.metrics)
             accept = self.audiosocket_mode.accept
@@ -118,7 +119,9 @@ class App:
             await self.http.start()
         if self.ari is not None:
             await self.ari.open()
-            self._events_task = asyncio.create_task(self.ari.run_events(self.ari_mode.on_event), name="ari-events")
+            events = self.ari.run_events(self.ari_mode.on_event,
+                                         on_connection_change=self.ari_mode.on_connection_change)
+            self._events_task = asyncio.create_task(events, name="ari-events")
         # Everything built so far lives for the whole run: move it out of the cyclic
         # GC's generations so full collections during calls stay short.
         gc.collect()

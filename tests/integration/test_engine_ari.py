@@ -152,3 +152,43 @@ async def test_capture_reopens_when_a_turn_end_message_is_lost(tmp_path):
         # only reopen it ~4.4 s after the audio started.
         await wait_for(lambda: call.session.audio_capture_enabled, timeout=3.0)
         assert call.session.conversation.end_reasons.get("starved") == 1
+
+
+async def test_fallback_files_are_deleted_when_played_and_at_call_end(tmp_path):
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        _, call = await rig.call()
+        call_id = call.session.call_id
+        first = FallbackRequested(call_id, "turn1", b"\x01\x00" * 800, f"voiceline-{call_id}-turn1-fallback")
+        rest = FallbackRequested(call_id, "turn1", b"\x01\x00" * 800, f"voiceline-{call_id}-turn1-fallback-rest")
+        await rig.mode.play_fallback(call_id, first)
+        await rig.mode.play_fallback(call_id, rest)
+        fallback_dir = tmp_path / "fallback"
+        assert {p.name for p in fallback_dir.iterdir()} == {f"{first.playback_id}.sln", f"{rest.playback_id}.sln"}
+        await rig.ari.finish_playback(first.playback_id)
+        assert [p.name for p in fallback_dir.iterdir()] == [f"{rest.playback_id}.sln"]
+        await rig.engine.end_call(call_id, "test")
+        assert list(fallback_dir.iterdir()) == []
+
+
+async def test_stale_fallback_files_are_removed_at_start(tmp_path):
+    fallback_dir = tmp_path / "fallback"
+    fallback_dir.mkdir()
+    (fallback_dir / "voiceline-old-turn1-fallback.sln").write_bytes(b"\x00" * 10)
+    (fallback_dir / "voiceline-old-turn2-fallback.sln16.tmp").write_bytes(b"\x00" * 10)
+    (fallback_dir / "operator-prompt.sln").write_bytes(b"\x00" * 10)
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        assert rig.mode.remove_stale_fallback_files() == 2
+        assert [p.name for p in fallback_dir.iterdir()] == ["operator-prompt.sln"]
+
+
+async def test_leftovers_of_a_previous_engine_are_cleaned_on_connect_live_calls_kept(tmp_path):
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        channel_id, call = await rig.call()
+        # What a killed engine process left behind: a bridge with its caller in our app.
+        rig.ari.bridges["old-bridge"] = "voiceline-dead-call"
+        rig.ari.bridges["foreign"] = "conference-room"
+        rig.ari.channels.add("old-caller")
+        assert await rig.mode.clean_up_leftovers() == (1, 1)
+        assert set(rig.ari.bridges) == {call.session.bridge_id, "foreign"}
+        assert rig.ari.channels == {channel_id, call.session.media_channel_id}
+        assert rig.engine.active_calls == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,7 @@ class AriMode:
             if session is not None:
                 await self.engine.end_call(session.call_id, f"{kind} on {channel_id}")
         elif kind == "PlaybackFinished":
-            self._on_playback_finished(event)
+            await self._on_playback_finished(event)
         elif kind == "ApplicationReplaced":
             log.error("ari_application_replaced", app=self._app_name)
 
@@ -278,16 +279,80 @@ class AriMode:
                 stopped = False
             self.engine.coordinator.on_tts_end(call_id, playback.playback_id, "barge-in")
             log.info("playback_stopped", call_id=call_id, playback_id=playback.playback_id, was_playing=stopped)
+            await self._delete_files(call_id, [playback.path])
 
-    def _on_playback_finished(self, event: dict) -> None:
+    async def _delete_files(self, call_id: str, paths: list[Path]) -> None:
+        """Fallback audio files are only needed while Asterisk plays them."""
+        try:
+            await asyncio.to_thread(_unlink_all, paths)
+        except OSError:
+            log.exception("fallback_file_delete_failed", call_id=call_id, paths=[str(p) for p in paths])
+
+    def remove_stale_fallback_files(self) -> int:
+        """At start: fallback files a previous run left (it crashed or was killed mid-call)."""
+        if not self._fallback_dir.is_dir():
+            return 0
+        stale = [p for p in self._fallback_dir.iterdir() if p.is_file() and p.name.startswith("voiceline-")]
+        _unlink_all(stale)
+        if stale:
+            log.info("fallback_stale_files_removed", count=len(stale), dir=str(self._fallback_dir))
+        return len(stale)
+
+    async def _on_playback_finished(self, event: dict) -> None:
         playback_id = event.get("playback", {}).get("id", "")
         call_id = self._playback_owner.pop(playback_id, None)
         resources = self._calls.get(call_id) if call_id is not None else None
         playback = resources.playbacks.get(playback_id) if resources is not None else None
-        if playback is None or playback.finished:
+        if playback is None:
             return
-        playback.finished = True
-        self.engine.coordinator.on_tts_end(call_id, playback_id, "playback-finished")
+        if not playback.finished:
+            playback.finished = True
+            self.engine.coordinator.on_tts_end(call_id, playback_id, "playback-finished")
+        await self._delete_files(call_id, [playback.path])
+
+    # ------------------------------------------------------------------ leftovers of an earlier run
+
+    async def on_connection_change(self, connected: bool) -> None:
+        if connected:
+            await self.clean_up_leftovers()
+
+    async def clean_up_leftovers(self) -> tuple[int, int]:
+        """Remove what calls of a previous engine process left in Asterisk: bridges named
+        ``voiceline-*`` and channels in our Stasis app that belong to no live call.
+        Channels that entered the app after this connection came up are new calls whose
+        StasisStart is on its way, and are left alone. Returns (bridges, channels)."""
+        connected_at = datetime.now(timezone.utc)
+        try:
+            bridges = await self.ari.list_bridges()
+            channels = await self.ari.list_channels()
+        except AriError as exc:
+            log.warning("ari_leftovers_not_checked", error=str(exc))
+            return 0, 0
+        live_bridges = {r.bridge_id for r in self._calls.values() if r.bridge_id}
+        live_channels = {c for r in self._calls.values() for c in (r.channel_id, r.media_channel_id) if c}
+        stale_bridges = [b for b in bridges if str(b.get("name", "")).startswith("voiceline-")
+                         and b.get("id") not in live_bridges]
+        in_stale_bridge = {c for b in stale_bridges for c in b.get("channels") or ()}
+        stale_channels = [
+            c for c in channels
+            if c.get("id") not in live_channels
+            and (c.get("id") in in_stale_bridge
+                 or (self._in_our_app(c) and _created_before(c, connected_at)))
+        ]
+        for step, action, items in (("hangup_leftover_channel", self.ari.hangup, stale_channels),
+                                    ("destroy_leftover_bridge", self.ari.destroy_bridge, stale_bridges)):
+            for item in items:
+                try:
+                    await action(item["id"])
+                except AriError as exc:
+                    log.warning("ari_cleanup_failed", step=step, resource_id=item["id"], error=str(exc))
+        log.info("ari_leftovers_cleaned", bridges=len(stale_bridges), channels=len(stale_channels))
+        return len(stale_bridges), len(stale_channels)
+
+    def _in_our_app(self, channel: dict) -> bool:
+        dialplan = channel.get("dialplan") or {}
+        app_data = str(dialplan.get("app_data", ""))
+        return dialplan.get("app_name") == "Stasis" and app_data.split(",")[0] == self._app_name
 
     # ------------------------------------------------------------------ teardown
 
@@ -304,6 +369,9 @@ class AriMode:
             steps.append(("stop_playback", lambda p=playback.playback_id: ari.stop_playback(p)))
         for playback_id in resources.playbacks:
             self._playback_owner.pop(playback_id, None)
+        files = [p.path for p in resources.playbacks.values()]
+        if files:
+            steps.append(("delete_fallback_files", lambda: self._delete_files(call_id, files)))
         if resources.media_channel_id:
             steps.append(("hangup_media", lambda: ari.hangup(resources.media_channel_id)))
         if resources.bridge_id:
@@ -331,6 +399,21 @@ class AriMode:
 def _rate_suffix(rate: int) -> str:
     # Asterisk names raw slin files by rate: .sln (8 kHz), .sln16, .sln24, .sln48 ...
     return "" if rate == 8000 else str(rate // 1000)
+
+
+def _created_before(channel: dict, moment: datetime) -> bool:
+    """Whether ARI's ``creationtime`` ("2026-12-04T15:47:00.123+0000") is before ``moment``;
+    a channel without a readable one counts as old."""
+    try:
+        created = datetime.strptime(str(channel.get("creationtime", "")), "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return True
+    return created < moment
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _write_file(path: Path, data: bytes) -> None:
