@@ -96,6 +96,12 @@ class StreamingPlaybackManager:
         on_event: Callable[[StreamEvent], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> OutboundStream:
+        """Start ticking a new stream for ``call_id``.
+
+        ``send_frame(frame)`` and ``on_event(event)`` run inside the pacer tick;
+        ``on_failure(exc)`` too, once, after the stream was removed: it must not
+        block (schedule the call's teardown, do not await it here).
+        """
         if call_id in self._entries:
             raise ValueError(f"a stream for call {call_id!r} is already open")
         entry_box: list[_Entry] = []
