@@ -192,3 +192,16 @@ async def test_leftovers_of_a_previous_engine_are_cleaned_on_connect_live_calls_
         assert set(rig.ari.bridges) == {call.session.bridge_id, "foreign"}
         assert rig.ari.channels == {channel_id, call.session.media_channel_id}
         assert rig.engine.active_calls == 1
+
+
+async def test_barge_in_stops_every_playback_of_the_call(tmp_path):
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        _, call = await rig.call()
+        call_id = call.session.call_id
+        for suffix in ("fallback", "fallback-rest"):
+            await rig.mode.play_fallback(
+                call_id, FallbackRequested(call_id, "turn1", b"\x01\x00" * 800, f"voiceline-{call_id}-turn1-{suffix}"))
+        assert rig.mode.playing(call_id)
+        await rig.mode.stop_playbacks(call_id)
+        assert rig.ari.playbacks == set() and not rig.mode.playing(call_id)
+        assert call.session.audio_capture_enabled
