@@ -28,6 +28,7 @@ from voiceline.telemetry.history import CallHistory
 from voiceline.telemetry.http import TelemetryServer
 from voiceline.telemetry.call_sink import TelemetrySink
 from voiceline.telemetry.metrics import Metrics
+from voiceline.telemetry.recording import RecordingWriter
 from voiceline.telemetry.tuning import CallStreamingNumbers, format_hints, tuning_hints
 from voiceline.wiring import Parts, build_parts
 
@@ -63,6 +64,7 @@ class App:
         self._stopped = asyncio.Event()
         self.history: CallHistory | None = None
         self.http: TelemetryServer | None = None
+        self.recordings: RecordingWriter | None = None
         self._started_at = 0.0
         self.draining = False
 
@@ -83,9 +85,13 @@ class App:
         s = settings.audiosocket
         # A plain AudioSocket() leg is always 8 kHz; externalMedia runs at the configured rate.
         wire_rate = s.sample_rate if settings.mode == "ari" else 8000
+        if settings.recording.enabled:
+            self.recordings = RecordingWriter(settings.recording.dir, sample_rate=wire_rate,
+                                              max_seconds=settings.recording.max_seconds)
         self.engine = Engine(
             mode=settings.mode, store=self.store, coordinator=self.coordinator, providers=self.providers,
-            streaming=streaming, sink=TelemetrySink(self.metrics), clock=clock, wire_rate=wire_rate,
+            streaming=streaming, sink=TelemetrySink(self.metrics, recordings=self.recordings), clock=clock,
+            wire_rate=wire_rate,
             barge_in=BargeInParams.from_settings(settings.barge_in, wire_rate),
             on_call_ended=self._on_call_ended,
         )
@@ -115,7 +121,7 @@ class App:
             await self.history.start()
         if settings.http.enabled:
             self.http = TelemetryServer(settings.http, metrics=self.metrics, health=self.health, ready=self.readiness,
-                                        history=self.history)
+                                        history=self.history, recordings=self.recordings)
             await self.http.start()
         if self.ari is not None:
             await self.ari.open()
@@ -222,6 +228,8 @@ class App:
             await self.http.stop()
         if self.history is not None:
             await self.history.stop(5.0)
+        if self.recordings is not None:
+            await self.recordings.close()
         await cancel_and_wait(self._events_task)
         if self.ari is not None:
             await self.ari.close()

@@ -1,10 +1,12 @@
 """The operator console in a real browser: headless Chromium (Debian package, installed
 by scripts/setup.sh) against `voiceline serve` with a bearer token, during and after a
-real lab call. Screenshots go to artifacts/console/."""
+real lab call, with call recording on. Screenshots go to artifacts/console/."""
 
 from __future__ import annotations
 
+import array
 import html
+import io
 import json
 import re
 import shutil
@@ -15,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import wave
 from pathlib import Path
 
 import labkit
@@ -82,6 +85,12 @@ def api(path: str, token: str | None = TOKEN) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def wav_from(path: str) -> tuple[int, int, bytes]:
+    request = urllib.request.Request(HTTP + path, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as resp, wave.open(io.BytesIO(resp.read())) as wav:
+        return resp.status, wav.getframerate(), wav.readframes(wav.getnframes())
+
+
 def live_row(dom: str, call_id: str) -> list[str]:
     row = re.search(rf'<tr data-call-id="{re.escape(call_id)}">(.*?)</tr>', dom, re.S)
     assert row, f"call {call_id} not on the live page"
@@ -90,7 +99,9 @@ def live_row(dom: str, call_id: str) -> list[str]:
 
 def test_console_in_a_browser_during_and_after_a_lab_call(asterisk, engine, tmp_path):
     browser = Browser(tmp_path)
-    proc = engine(mode="ari", provider="echo", VOICELINE_HTTP_TOKEN=TOKEN)
+    recordings = tmp_path / "recordings"
+    proc = engine(mode="ari", provider="echo", VOICELINE_HTTP_TOKEN=TOKEN, VOICELINE_RECORDING="true",
+                  VOICELINE_RECORDING_DIR=str(recordings))
 
     audio = labkit.make_speech_ulaw("This call is watched from the operator console.", tmp_path / "c.ulaw",
                                     seconds=4)
@@ -148,6 +159,20 @@ def test_console_in_a_browser_during_and_after_a_lab_call(asterisk, engine, tmp_
     assert svg.group(0).count("<polyline") >= 3 and "buffer depth" in svg.group(0)
     assert html.escape(summary["tuning_hint"], quote=False) in dom
     assert '<table id="streaming-stats"' in dom
+
+    # Recording was on: both legs play in the call page, as long as the call, with sound in them.
+    proc.wait_for("call_recorded", call_id=call_id)
+    sources = re.findall(r'<audio controls="" preload="none" src="([^"]+)">', dom)
+    assert sources == [f"{call_path}/audio/caller.wav", f"{call_path}/audio/agent.wav"], sources
+    levels = {}
+    for source in sources:
+        status, rate, pcm = wav_from(source)
+        assert status == 200 and rate == 8000, source
+        seconds = len(pcm) / 2 / rate
+        assert CALL_S - 2 < seconds < CALL_S + 1.5, (source, seconds)
+        levels[source.rsplit("/", 1)[1]] = max(abs(v) for v in array.array("h", pcm))
+    # The caller spoke; the echo agent spoke it back.
+    assert levels["caller.wav"] > 1000 and levels["agent.wav"] > 1000, levels
     browser.screenshot(with_token(call_path), "call.png", height=1900)
 
     # Without the token: refused, to scripts and to the browser alike.

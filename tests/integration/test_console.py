@@ -18,6 +18,7 @@ from voiceline.telemetry.console import COOKIE_NAME
 from voiceline.telemetry.history import CallHistory, record_to_row
 from voiceline.telemetry.http import TelemetryServer
 from voiceline.telemetry.metrics import Metrics
+from voiceline.telemetry.recording import CallRecording, RecordingWriter, write_recording
 
 TOKEN = "console-s3cret"
 HOSTILE = '<script>alert("x")</script>'
@@ -83,8 +84,8 @@ Serve = Callable[..., Any]
 async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
     servers: list[TelemetryServer] = []
 
-    async def start(token: str = "", records: list[dict[str, Any]] = (), history: bool = True
-                    ) -> tuple[str, Engine]:
+    async def start(token: str = "", records: list[dict[str, Any]] = (), history: bool = True,
+                    recordings: RecordingWriter | None = None) -> tuple[str, Engine]:
         engine = Engine()
         store = None
         if history:
@@ -92,7 +93,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
             store.store.write([record_to_row(r) for r in records])
             engine.history = store
         server = TelemetryServer(HttpSettings(host="127.0.0.1", port=0, bearer_token=token), metrics=Metrics(),
-                                 health=engine.health, ready=engine.readiness, history=store)
+                                 health=engine.health, ready=engine.readiness, history=store, recordings=recordings)
         await server.start()
         servers.append(server)
         return f"http://127.0.0.1:{server.bound_port}", engine
@@ -103,12 +104,12 @@ async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
 
 
 async def get(url: str, *, token: str | None = None, cookies: dict[str, str] | None = None,
-              redirects: bool = True) -> tuple[int, Any, str]:
+              redirects: bool = True, binary: bool = False) -> tuple[int, Any, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     jar = aiohttp.CookieJar(unsafe=True)  # unsafe: keep cookies for an IP host
     async with aiohttp.ClientSession(cookie_jar=jar, cookies=cookies) as session, \
             session.get(url, headers=headers, allow_redirects=redirects) as resp:
-        return resp.status, resp.headers, await resp.text()
+        return resp.status, resp.headers, await (resp.read() if binary else resp.text())
 
 
 def table_rows(page: str, table_id: str) -> list[str]:
@@ -408,3 +409,38 @@ async def test_live_page_reads_health_only_when_asked(serve):
     assert engine.health_calls == 0
     await get(f"{base}/console/api/live")
     assert engine.health_calls == 1
+
+
+# ---- recordings -------------------------------------------------------------------------------
+
+
+def recorded(directory: Path, call_id: str) -> bytes:
+    recording = CallRecording(8000, max_seconds=10)
+    recording.add_caller(b"\x01\x00" * 800)
+    recording.add_agent(b"\x02\x00" * 400)
+    write_recording(directory, call_id, recording)
+    return b"\x01\x00" * 800
+
+
+async def test_call_page_plays_both_recorded_legs(serve, tmp_path):
+    writer = RecordingWriter(tmp_path / "rec", sample_rate=8000, max_seconds=60)
+    caller_pcm = recorded(writer.directory, "call-mid")
+    base, _ = await serve(token=TOKEN, records=HISTORY, recordings=writer)
+    page = (await get(f"{base}/console/calls/call-mid", token=TOKEN))[2]
+    sources = re.findall(r'<audio controls preload="none" src="([^"]+)">', page)
+    assert sources == ["/console/calls/call-mid/audio/caller.wav", "/console/calls/call-mid/audio/agent.wav"]
+    status, headers, wav = await get(f"{base}{sources[0]}", token=TOKEN, binary=True)
+    assert status == 200 and headers["Content-Type"] == "audio/wav"
+    assert wav[:4] == b"RIFF" and wav.endswith(caller_pcm)
+    assert (await get(f"{base}{sources[0]}"))[0] == 401
+    assert (await get(f"{base}/console/calls/call-new/audio/caller.wav", token=TOKEN))[0] == 404
+    assert (await get(f"{base}/console/calls/call-mid/audio/other.wav", token=TOKEN))[0] == 404
+    assert "<audio" not in (await get(f"{base}/console/calls/call-new", token=TOKEN))[2]
+
+
+async def test_without_recording_there_is_no_player_and_no_audio(serve, tmp_path):
+    recorded(tmp_path / "rec", "call-mid")  # files on disk, but recording is off
+    base, _ = await serve(records=HISTORY)
+    assert "<audio" not in (await get(f"{base}/console/calls/call-mid"))[2]
+    status, _, page = await get(f"{base}/console/calls/call-mid/audio/caller.wav")
+    assert status == 404 and "recording.enabled: false" in page

@@ -20,6 +20,7 @@ from voiceline.config.engine import (
     HistorySettings,
     HttpSettings,
     LoggingSettings,
+    RecordingSettings,
     ShutdownSettings,
     StreamingSettings,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "OpenAIRealtimeProviderSettings",
     "OpenAITurnDetection",
     "ProvidersSettings",
+    "RecordingSettings",
     "Settings",
     "ShutdownSettings",
     "StreamingSettings",

@@ -129,6 +129,15 @@ class HistorySettings(Strict):
     url: SecretStr = Field(SecretStr("sqlite:///data/calls.db"), description="SQLAlchemy URL")
 
 
+class RecordingSettings(Strict):
+    enabled: bool = Field(False, description="record both legs of every call as WAV (personal data: see docs/console.md)")
+    dir: str = Field("data/recordings", min_length=1, description="where <call id>.caller.wav and .agent.wav go")
+    max_seconds: float = Field(
+        3600.0, gt=0, le=86400,
+        description="each leg stops growing after this long; held in memory until the call ends",
+    )
+
+
 class ShutdownSettings(Strict):
     drain_timeout_s: float = Field(
         30.0, ge=0,

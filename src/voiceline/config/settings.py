@@ -17,6 +17,7 @@ from voiceline.config.engine import (
     HistorySettings,
     HttpSettings,
     LoggingSettings,
+    RecordingSettings,
     ShutdownSettings,
     StreamingSettings,
 )
@@ -41,6 +42,7 @@ class Settings(Strict):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     history: HistorySettings = Field(default_factory=HistorySettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
 

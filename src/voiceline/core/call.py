@@ -217,6 +217,7 @@ class Call:
         leg = self.leg
         if leg is not None and not leg.closed:
             leg.send_frame(frame)
+            self.sink.agent_audio(frame)
         now = self._clock()
         stream = self.stream
         # The barge-in detector compares the caller's audio with what we just sent.
@@ -281,6 +282,7 @@ class Call:
         if sample_rate is not None and sample_rate != self.wire_format.sample_rate:
             self._refuse_wrong_rate(sample_rate)
             return
+        self.sink.caller_audio(payload)
         now = self._clock()
         if now >= self._next_energy_sample:
             self._next_energy_sample = now + ENERGY_SAMPLE_INTERVAL_S

@@ -21,6 +21,14 @@ class CallEventSink(Protocol):
         """RMS of a caller frame (sampled by the caller, about every 100 ms)."""
         ...
 
+    def caller_audio(self, pcm: bytes) -> None:
+        """Every caller frame at the call's rate (for call recording; cheap when it is off)."""
+        ...
+
+    def agent_audio(self, pcm: bytes) -> None:
+        """Every frame sent to the caller, silence included (the same 20 ms clock as the caller's)."""
+        ...
+
     def buffer_depth(self, depth_frames: int, playing: bool, now_s: float) -> None:
         """Outbound buffer depth (sampled about every 200 ms)."""
         ...

@@ -6,6 +6,8 @@
 * ``GET /console/calls``         call history, searchable by caller, UTC date and outcome.
 * ``GET /console/calls/{id}``    one call: timeline (the picture ``voiceline report``
   draws, as inline SVG), tuning hint, streaming stats, transcript.
+* ``GET /console/calls/{id}/audio/{caller|agent}.wav`` the call's recorded legs
+  (only with ``recording.enabled``; the call page plays them).
 * ``GET /console/api/live``, ``/console/api/calls``, ``/console/api/calls/{id}``: the same data as JSON.
 
 Off the hot path: nothing here runs unless a request comes in. The live data is
@@ -28,8 +30,9 @@ import hmac
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import structlog
 from aiohttp import web
@@ -38,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from voiceline.telemetry import console_pages as pages
 from voiceline.telemetry.history import CallHistory, HistoryStore, calls_table
+from voiceline.telemetry.recording import LEGS, recording_files
 from voiceline.telemetry.report import render_svg
 
 __all__ = ["CONSOLE_STYLESHEET", "COOKIE_NAME", "Console", "ConsoleAuth", "is_console_path", "search_calls"]
@@ -110,17 +114,20 @@ class ConsoleAuth:
 
 class Console:
     """The console's routes. ``health`` is the engine's health snapshot function;
-    ``history`` the call history (None when ``history.enabled`` is false)."""
+    ``history`` the call history (None when ``history.enabled`` is false);
+    ``recordings_dir`` where recorded calls are (None when recording is off)."""
 
     def __init__(
         self,
         *,
         health: Callable[[], Mapping[str, Any]],
         history: CallHistory | None,
+        recordings_dir: str | Path | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._health = health
         self._history = history
+        self._recordings_dir = recordings_dir
         self._now = now
 
     def add_routes(self, app: web.Application) -> None:
@@ -131,6 +138,7 @@ class Console:
         add(f"{PREFIX}/live", self._live_page, allow_head=False)
         add(f"{PREFIX}/calls", self._history_page, allow_head=False)
         add(f"{PREFIX}/calls/{{call_id}}", self._call_page, allow_head=False)
+        add(f"{PREFIX}/calls/{{call_id}}/audio/{{leg}}.wav", self._call_audio, allow_head=False)
         add(f"{PREFIX}/api/live", self._live_json, allow_head=False)
         add(f"{PREFIX}/api/calls", self._history_json, allow_head=False)
         add(f"{PREFIX}/api/calls/{{call_id}}", self._call_json, allow_head=False)
@@ -213,8 +221,10 @@ class Console:
                 "Call not found",
                 f"No call {call_id!r} in the history (a call is written there when it ends).",
                 section="history"), 404)
-        record, svg = found
-        return _html(pages.render_call(record, timeline_svg=svg))
+        record, svg, legs = found
+        href = f"{PREFIX}/calls/{quote(call_id, safe='')}/audio"
+        players = [(f"{leg} leg", f"{href}/{leg}.wav") for leg in LEGS if leg in legs]
+        return _html(pages.render_call(record, timeline_svg=svg, recordings=players))
 
     async def _call_json(self, request: web.Request) -> web.Response:
         if self._history is None:
@@ -228,13 +238,28 @@ class Console:
             return _json({"error": f"no call {call_id!r} in the history"}, 404)
         return _json(found[0])
 
-    def _load_call(self, call_id: str, draw: bool) -> tuple[dict[str, Any], str] | None:
-        """Worker thread: the record and, for the page, its timeline SVG."""
+    def _load_call(self, call_id: str, draw: bool) -> tuple[dict[str, Any], str, dict[str, Path]] | None:
+        """Worker thread: the record and, for the page, its timeline SVG and recorded legs."""
         assert self._history is not None
         record = self._history.store.get_call(call_id)
         if record is None:
             return None
-        return record, render_svg(record) if draw else ""
+        if not draw:
+            return record, "", {}
+        legs = recording_files(self._recordings_dir, call_id) if self._recordings_dir is not None else {}
+        return record, render_svg(record), legs
+
+    async def _call_audio(self, request: web.Request) -> web.StreamResponse:
+        call_id, leg = request.match_info["call_id"], request.match_info["leg"]
+        if self._recordings_dir is None:
+            return _html(pages.render_message("Recording", "Call recording is off (recording.enabled: false).",
+                                              section="history"), 404)
+        path = (await asyncio.to_thread(recording_files, self._recordings_dir, call_id)).get(leg)
+        if path is None:
+            return _html(pages.render_message("Recording", f"No {leg!r} recording for call {call_id!r}.",
+                                              section="history"), 404)
+        # FileResponse streams from a thread pool and answers Range requests (seeking in the player).
+        return web.FileResponse(path, headers={**_SECURITY_HEADERS, "Content-Type": "audio/wav"})
 
     # ---- static
 

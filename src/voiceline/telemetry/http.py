@@ -31,6 +31,7 @@ from voiceline.config import HttpSettings
 from voiceline.telemetry.console import CONSOLE_STYLESHEET, Console, ConsoleAuth, is_console_path
 from voiceline.telemetry.history import CallHistory
 from voiceline.telemetry.metrics import Metrics
+from voiceline.telemetry.recording import RecordingWriter
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "TelemetryServer"]
 
@@ -52,12 +53,14 @@ class TelemetryServer:
         health: Callable[[], dict[str, Any]],
         ready: Callable[[], tuple[bool, dict[str, Any]]],
         history: CallHistory | None = None,
+        recordings: RecordingWriter | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._health = health
         self._ready = ready
-        self._console = Console(health=health, history=history)
+        self._console = Console(health=health, history=history,
+                                recordings_dir=recordings.directory if recordings is not None else None)
         token = settings.bearer_token.get_secret_value()
         self._expected_auth = f"Bearer {token}".encode() if token else None
         self._console_auth = ConsoleAuth(token) if token else None
