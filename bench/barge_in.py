@@ -19,9 +19,13 @@ Measured on the caller leg itself (the same definitions as tests/e2e/test_barge_
 which measures through the real Asterisk with tshark):
 
 * speech onset = send time of the first phrase frame with RMS > 500;
-* agent stop = arrival time of the last received frame with RMS > 300 before a gap of
-  at least 400 ms that extends past the onset;
-* reaction = agent stop - onset.
+* first pause (``reaction_ms``) = arrival time of the last received frame with RMS > 300
+  before the first stretch of at least 120 ms without agent speech that ends after the
+  onset, minus the onset: how soon the caller first hears the agent yield (a soft pause
+  that later resumes counts here);
+* final stop (``final_stop_ms``) = the last received agent frame of the interrupted turn
+  (before the answer could start) minus the onset: when the agent really went quiet.
+  The target (p95 <= 300 ms) is judged on the final stop; both are reported.
 
 From the engine: its own ``reaction_ms`` (the ``barge_in`` log line, captured from
 structlog; also cross-checked against the ``ai_agent_barge_in_reaction_seconds``
@@ -81,7 +85,7 @@ LEVELS = (2000, 2500, 3000, 3500, 4000)  # active RMS of the caller's phrase (16
 
 ONSET_RMS = 500.0  # caller frame that counts as the start of the interruption
 AGENT_RMS = 300.0  # received frame that counts as agent speech
-STOP_GAP_S = 0.4  # silence after the agent's last frame that makes it "stopped"
+FIRST_PAUSE_GAP_S = 0.12  # agent silence that counts as a pause (shorter dips are between words)
 # The simulator answers the caller only after 600 ms without speech (its detector's
 # end_ms) plus think time: agent audio sooner after the caller's last voiced frame
 # cannot be the answer.
@@ -247,11 +251,11 @@ class Row:
     first_agent_ms: float | None = None  # connect -> first agent frame with speech energy
     onset_after_agent_ms: float | None = None  # how far into the agent's speech the caller cut in
     phrase_ms: float | None = None
-    reaction_ms: float | None = None  # caller leg: agent stop - onset
+    reaction_ms: float | None = None  # caller leg: first pause - onset
     # Caller leg: the last loud agent frame before the answer - onset. Equals
-    # reaction_ms unless agent speech came back after the >= 400 ms gap (resumed_frames).
+    # reaction_ms unless agent speech came back after the first pause (resumed_frames).
     final_stop_ms: float | None = None
-    agent_silent_at_onset: bool = False  # the agent was already in a >= 400 ms gap
+    agent_silent_at_onset: bool = False  # the agent was already in a pause at the onset
     agent_frames_after_onset: int = 0  # loud agent frames heard between onset and stop
     resumed_frames: int = 0  # loud agent frames after the stop, before the answer could start
     answer_heard_ms: float | None = None  # phrase end -> first agent frame of the answer
@@ -294,11 +298,11 @@ def caller_analysis(row: Row, leg: CallerLeg, connected_at: float, onset: float,
         return
     row.first_agent_ms = round((loud[0] - connected_at) * 1000, 1)
     row.onset_after_agent_ms = round((onset - loud[0]) * 1000, 1)
-    # The agent's last speech frame of the interrupted turn: the last loud frame before
-    # the first gap of >= 400 ms that is not entirely over before the onset.
+    # The first pause: the last loud frame before the first gap of >= 120 ms that is
+    # not entirely over before the onset.
     stop = None
     for t, nxt in zip(loud, [*loud[1:], float("inf")]):
-        if nxt - t >= STOP_GAP_S and nxt > onset:
+        if nxt - t >= FIRST_PAUSE_GAP_S and nxt > onset:
             stop = t
             break
     if stop is None:  # unreachable: the last loud frame is followed by an infinite gap
@@ -378,13 +382,13 @@ async def run_interruption(
         conv = call.session.conversation
         row.session_barge_ins = conv.barge_ins
         row.barge_in_attempts = conv.barge_in_attempts
-        kinds = Counter(event[1] for event in call.timeline.events)
+        kinds = Counter(event[1] for event in call.sink.timeline_events())
         row.soft_pauses = kinds.get("soft_pause", 0)
         row.soft_resumes = kinds.get("soft_resume", 0)
         if onset is not None:
             shift = (onset - connected_at) * 1000
             row.engine_events_ms = [
-                [round(t - shift), kind, value] for t, kind, value in call.timeline.events
+                [round(t - shift), kind, value] for t, kind, value in call.sink.timeline_events()
                 if kind not in ("depth", "caller_energy")
             ]
     with contextlib.suppress(Exception):
@@ -461,10 +465,8 @@ def summarize(rows: list[Row], metrics: dict[str, float]) -> dict[str, Any]:
     p95 = pct(caller, 95)
     final_p95 = pct(final, 95)
     failures = []
-    if p95 is None or p95 > TARGET_P95_MS:
-        failures.append(f"reaction p95 {p95} ms > {TARGET_P95_MS:.0f}")
-    if final_p95 is not None and final_p95 > TARGET_P95_MS:
-        failures.append(f"final stop p95 {final_p95} ms > {TARGET_P95_MS:.0f} (agent speech came back)")
+    if final_p95 is None or final_p95 > TARGET_P95_MS:
+        failures.append(f"final stop p95 {final_p95} ms > {TARGET_P95_MS:.0f}")
     if missed:
         failures.append(f"{len(missed)} interruption(s) never confirmed")
     if len(ok) != len(rows):
@@ -500,7 +502,9 @@ def summarize(rows: list[Row], metrics: dict[str, float]) -> dict[str, Any]:
         },
         "target": {
             "reaction_p95_ms": TARGET_P95_MS,
-            "value": p95,
+            "judged_on": "final stop",
+            "first_pause_value": p95,
+            "value": final_p95,
             "final_value": final_p95,
             "pass": not failures,
             "failures": failures,
@@ -567,11 +571,12 @@ def fmt(value: Any, width: int = 6) -> str:
 def table(configs: list[dict[str, Any]]) -> str:
     lines = [
         (
-            "barge-in reaction on the caller leg: onset of the caller's phrase -> the agent's last speech frame "
-            f"before a >= 400 ms gap (target p95 <= {TARGET_P95_MS:.0f} ms)"
+            "barge-in on the caller leg, from the onset of the caller's phrase: first pause (the agent's last "
+            "speech frame before >= 120 ms of silence) and final stop (its last frame before the answer); "
+            f"target p95 <= {TARGET_P95_MS:.0f} ms, judged on the final stop"
         ),
         (
-            f"{'config':<11} {'n':>3} {'missed':>6} | {'p50':>5} {'p95':>5} {'max':>5} | {'final p95':>9} "
+            f"{'config':<11} {'n':>3} {'missed':>6} | {'pause50':>7} {'p95':>5} {'max':>5} | {'final p95':>9} "
             f"{'max':>5} | {'eng p50':>7} {'eng p95':>7} | {'barge-ins/int.':<14} | {'resumes eng/leg':>15} | target"
         ),
     ]
@@ -582,14 +587,15 @@ def table(configs: list[dict[str, Any]]) -> str:
         verdict = "PASS" if s["target"]["pass"] else "FAIL"
         resumes = f"{s['false_resumes_engine']}/{len(s['resumed_on_caller_leg'])}"
         lines.append(
-            f"{c['name']:<11} {s['interruptions']:>3} {len(s['missed']):>6} | {fmt(rc['p50_ms'], 5)} "
+            f"{c['name']:<11} {s['interruptions']:>3} {len(s['missed']):>6} | {fmt(rc['p50_ms'], 7)} "
             f"{fmt(rc['p95_ms'], 5)} {fmt(rc['max_ms'], 5)} | {fmt(rf['p95_ms'], 9)} {fmt(rf['max_ms'], 5)} | "
             f"{fmt(re_['p50_ms'], 7)} {fmt(re_['p95_ms'], 7)} | {per:<14} | {resumes:>15} | {verdict}"
         )
     lines += [
         "ms. missed: interruptions the engine never confirmed (left out of the percentiles, and a FAIL).",
-        "target: PASS needs p95 and final p95 <= the target, nothing missed and no errors.",
-        "final: onset -> the agent's last speech frame before its answer (differs when agent speech came back).",
+        "target: PASS needs final p95 <= the target, nothing missed and no errors.",
+        "pause: onset -> first pause; final: onset -> the agent's last speech frame before its answer "
+        "(later than the pause when agent speech came back).",
         "eng: the engine's own reaction_ms (barge_in log line). barge-ins/int. 'KxN': N interruptions counted K.",
         "resumes eng/leg: soft pauses the engine resumed / interruptions whose caller heard agent speech again.",
     ]
@@ -633,7 +639,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             "phrases": list(PHRASES),
             "levels_rms": list(args.levels),
             "simulator": {"pattern": "steady", "speed": 1.2, "long_answer_s": 10.0},
-            "thresholds": {"onset_rms": ONSET_RMS, "agent_rms": AGENT_RMS, "stop_gap_ms": STOP_GAP_S * 1000},
+            "thresholds": {"onset_rms": ONSET_RMS, "agent_rms": AGENT_RMS, "first_pause_gap_ms": FIRST_PAUSE_GAP_S * 1000},
             "configs": list(args.configs),
         },
         "machine": machine_info(),
