@@ -15,7 +15,7 @@ import yaml
 from voiceline.config import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
-    from voiceline.providers.base import Provider
+    from voiceline.wiring import Parts
 
 log = structlog.get_logger("voiceline.cli")
 
@@ -41,12 +41,12 @@ def load_or_exit(path: Path, overrides: dict | None = None) -> tuple[Settings, l
         _fail(str(exc))
 
 
-def check_or_exit(settings: Settings, path: Path) -> dict[str, Provider]:
+def build_or_exit(settings: Settings, path: Path) -> Parts:
     """Apply the domain rules (streaming, providers); exits 2 naming the key if one fails."""
-    from voiceline.wiring import check_settings
+    from voiceline.wiring import build_parts
 
     try:
-        return check_settings(settings)
+        return build_parts(settings)
     except ConfigError as exc:
         _fail(str(exc.with_source(str(path))))
 
@@ -59,7 +59,7 @@ def _print_warnings(warnings: list[str]) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.path)
     settings, warnings = load_or_exit(path)
-    check_or_exit(settings, path)
+    build_or_exit(settings, path)
     _print_warnings(warnings)
     print(f"# {path}: valid (config hash {settings.digest()})")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
@@ -83,20 +83,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["default_provider"] = args.provider
     path = _config_path(args.config)
     settings, warnings = load_or_exit(path, overrides)
-    providers = check_or_exit(settings, path)
+    parts = build_or_exit(settings, path)
     if settings.mode == "ari" and not settings.asterisk.password.get_secret_value():
         print("voiceline: asterisk.password is empty in ari mode: export ARI_PASSWORD "
               "(the password of the ARI user in ari.conf), or use --mode audiosocket", file=sys.stderr)
         return EXIT_INVALID
     # Taking calls that can only fail is worse than not starting: say what to fix.
-    problem = default_provider_problem(settings, providers)
+    problem = default_provider_problem(settings, parts.providers)
     if problem is not None:
         print(f"voiceline: {problem}", file=sys.stderr)
         return EXIT_INVALID
     _configure_logging(settings)
     for item in warnings:
         log.warning("config_warning", detail=item)
-    app = App(settings, providers=providers)
+    app = App(settings, parts=parts)
     try:
         asyncio.run(app.run_until_signalled())
     except OSError as exc:
@@ -113,9 +113,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     overrides = {"mode": args.mode} if args.mode else {}
     path = _config_path(args.config)
     settings, warnings = load_or_exit(path, overrides)
-    providers = check_or_exit(settings, path)
+    parts = build_or_exit(settings, path)
     _print_warnings(warnings)
-    report, healthy = doctor(settings, providers)
+    report, healthy = doctor(settings, parts.providers)
     print(report)
     print("all required checks passed" if healthy else "some required checks failed")
     return 0 if healthy else 1

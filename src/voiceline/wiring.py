@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from voiceline.config import ConfigError, Settings
 from voiceline.core.stream_params import StreamParams
@@ -21,7 +22,7 @@ from voiceline.providers.echo import EchoProvider
 from voiceline.providers.local import LocalAgentProvider
 from voiceline.providers.openai_realtime import OpenAIRealtimeProvider
 
-__all__ = ["build_providers", "build_stream_params", "check_settings", "default_provider_problem"]
+__all__ = ["Parts", "build_parts", "build_providers", "build_stream_params", "default_provider_problem"]
 
 # StreamParams fields that are not `streaming.<same name>` in the config.
 _STREAM_KEYS = {"logging_level": "logging.levels.streaming"}
@@ -69,24 +70,32 @@ def build_providers(settings: Settings) -> dict[str, Provider]:
     }
 
 
-def check_settings(settings: Settings) -> dict[str, Provider]:
-    """Apply every domain rule; raise one ConfigError listing all problems.
+@dataclass(frozen=True)
+class Parts:
+    """What the domain rules are checked by building, each built once per run."""
 
-    Returns the providers it built, so a caller that goes on to serve need not
-    build them twice."""
+    stream_params: StreamParams
+    providers: dict[str, Provider]
+
+
+def build_parts(settings: Settings) -> Parts:
+    """Apply every domain rule by building the parts; raise one ConfigError listing
+    every problem. ``check-config``, ``doctor`` and ``serve`` call it; ``serve`` hands
+    the result to the App, so nothing is built (or validated) twice."""
     problems: list[str] = []
+    stream_params: StreamParams | None = None
+    providers: dict[str, Provider] = {}
     try:
-        build_stream_params(settings)
+        stream_params = build_stream_params(settings)
     except ConfigError as exc:
         problems.extend(exc.problems)
-    providers: dict[str, Provider] = {}
     try:
         providers = build_providers(settings)
     except ConfigError as exc:
         problems.extend(exc.problems)
-    if problems:
+    if problems or stream_params is None:
         raise ConfigError(problems)
-    return providers
+    return Parts(stream_params, providers)
 
 
 def default_provider_problem(settings: Settings, providers: Mapping[str, Provider]) -> str | None:

@@ -4,7 +4,7 @@ import pytest
 
 from voiceline.cli import main
 from voiceline.config import ConfigError, Settings, expand_env, load_settings, parse_settings
-from voiceline.wiring import build_stream_params, check_settings
+from voiceline.wiring import build_parts, build_stream_params
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "ai-agent.yaml"
@@ -94,7 +94,7 @@ def test_broken_script_rule_is_reported_with_its_key():
                                                    {"match": ["re:(unclosed"], "reply": "Broken."}]}}}},
         env={})
     with pytest.raises(ConfigError) as err:
-        check_settings(settings)
+        build_parts(settings)
     assert err.value.problems[0].startswith("providers.local.llm.rules[1].match[0]: 're:(unclosed'")
 
 
