@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from voiceline.cli import main
 from voiceline.config import ConfigError, Settings, expand_env, load_settings, parse_settings
@@ -190,3 +191,23 @@ def test_yaml_syntax_error_is_reported(tmp_path):
     bad.write_text("streaming: [unclosed\n")
     with pytest.raises(ConfigError, match="YAML syntax error"):
         load_settings(bad)
+
+
+def _missing_keys(model: type, written: dict, path: str = "") -> list[str]:
+    missing = []
+    for name, field in model.model_fields.items():
+        key = f"{path}.{name}" if path else name
+        if name not in written:
+            missing.append(key)
+            continue
+        nested = [a for a in (getattr(field.annotation, "__args__", None) or (field.annotation,))
+                  if isinstance(a, type) and hasattr(a, "model_fields")]
+        if nested and isinstance(written[name], dict):
+            missing.extend(_missing_keys(nested[0], written[name], key))
+    return missing
+
+
+def test_shipped_file_lists_every_key():
+    # The shipped file is the operator's reference: every field of the contract is in it.
+    written = yaml.safe_load(SHIPPED.read_text())
+    assert _missing_keys(Settings, written) == []

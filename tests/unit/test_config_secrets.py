@@ -78,3 +78,52 @@ def test_check_config_never_prints_secrets(tmp_path, capsys) -> None:
         assert path in text
     for secret in ("123456", "tok-abc", "sk-live-123"):
         assert secret not in text
+
+
+def test_shown_config_masks_secret_headers_of_functions() -> None:
+    settings, _ = parse_settings({"providers": {"deepgram": {"functions": [
+        {"name": "lookup", "endpoint": {"url": "https://crm.example/lookup",
+                                        "headers": {"Authorization": "Bearer crm-key-1", "Accept": "json"}}},
+    ]}}}, env={})
+    headers = settings.masked()["providers"]["deepgram"]["functions"][0]["endpoint"]["headers"]
+    assert headers == {"Authorization": "***", "Accept": "json"}
+    # The provider still gets the real value.
+    assert settings.providers.deepgram.functions[0].endpoint["headers"]["Authorization"] == "Bearer crm-key-1"
+
+
+@pytest.fixture
+def log_stream():
+    """configure_logging into a buffer; the previous logging setup is restored after."""
+    import io
+    import logging
+
+    import structlog
+
+    from voiceline.telemetry.logging import configure_logging
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_config = structlog.get_config()
+    stream = io.StringIO()
+    configure_logging("INFO", "json", {}, stream=stream)
+    yield stream
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    structlog.configure(**saved_config)
+
+
+def test_log_lines_never_carry_url_passwords_or_secret_fields(log_stream) -> None:
+    import logging
+
+    import structlog
+
+    structlog.get_logger("voiceline.test").warning(
+        "history_unreachable", url="postgresql+psycopg://calls:pw-93jd@db.example/calls", api_key="sk-zz")
+    try:
+        raise ConnectionError("cannot reach postgresql://calls:pw-93jd@db.example/calls")
+    except ConnectionError:
+        logging.getLogger("voiceline.test").exception("stdlib line with a traceback")
+    text = log_stream.getvalue()
+    assert "history_unreachable" in text and "stdlib line with a traceback" in text
+    assert "postgresql+psycopg://calls:***@db.example/calls" in text
+    assert "pw-93jd" not in text and "sk-zz" not in text

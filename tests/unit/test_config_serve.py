@@ -28,7 +28,7 @@ def runs(monkeypatch) -> list[App]:
         started.append(self)
 
     monkeypatch.setattr(App, "run_until_signalled", run_until_signalled)
-    monkeypatch.setattr(cli, "_configure_logging", lambda settings: None, raising=False)
+    monkeypatch.setattr(cli, "_configure_logging", lambda settings: None)
     return started
 
 
