@@ -59,8 +59,8 @@ def _print_warnings(warnings: list[str]) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.path)
     settings, warnings = load_or_exit(path)
-    build_or_exit(settings, path)
     _print_warnings(warnings)
+    build_or_exit(settings, path)
     print(f"# {path}: valid (config hash {settings.digest()})")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
     return 0
@@ -83,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["default_provider"] = args.provider
     path = _config_path(args.config)
     settings, warnings = load_or_exit(path, overrides)
+    _print_warnings(warnings)
     parts = build_or_exit(settings, path)
     if settings.mode == "ari" and not settings.asterisk.password.get_secret_value():
         print("voiceline: asterisk.password is empty in ari mode: export ARI_PASSWORD "
@@ -94,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"voiceline: {problem}", file=sys.stderr)
         return EXIT_INVALID
     _configure_logging(settings)
-    for item in warnings:
+    for item in warnings:  # again in the log, where collectors see it
         log.warning("config_warning", detail=item)
     app = App(settings, parts=parts)
     try:
@@ -113,8 +114,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     overrides = {"mode": args.mode} if args.mode else {}
     path = _config_path(args.config)
     settings, warnings = load_or_exit(path, overrides)
-    parts = build_or_exit(settings, path)
     _print_warnings(warnings)
+    parts = build_or_exit(settings, path)
     report, healthy = doctor(settings, parts.providers)
     print(report)
     print("all required checks passed" if healthy else "some required checks failed")

@@ -65,3 +65,16 @@ def test_serve_rejects_an_unknown_provider_override_by_key(config, runs, capsys)
         cli.main(["serve", "--config", str(config), "--provider", "nope"])
     assert exit_info.value.code == 2
     assert "default_provider" in capsys.readouterr().err and runs == []
+
+
+def test_serve_reports_a_renamed_key_on_stderr_and_in_the_log(tmp_path, runs, capsys) -> None:
+    import structlog
+
+    path = tmp_path / "old.yaml"
+    path.write_text(CONFIG.replace("providers:", "streaming: {jitter_buffer_ms: 9000}\nproviders:"))
+    with structlog.testing.capture_logs() as logs:
+        assert cli.main(["serve", "--config", str(path), "--provider", "echo"]) == 0
+    notice = "streaming.jitter_buffer_ms is deprecated: it is now streaming.max_buffer_ms"
+    assert notice in capsys.readouterr().err
+    assert any(e["event"] == "config_warning" and notice in e["detail"] for e in logs)
+    assert runs[0].stream_params.max_buffer_ms == 9000
