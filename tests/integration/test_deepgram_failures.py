@@ -19,16 +19,11 @@ from voiceline.sim.deepgram_sim import DeepgramSimulator
 
 
 @pytest.fixture(autouse=True)
-async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
-    loop = asyncio.get_running_loop()
-    seen: list[dict[str, Any]] = []
-    previous = loop.get_exception_handler()
-    loop.set_exception_handler(lambda _loop, context: seen.append(context))
-    yield seen
+async def _no_unhandled_loop_errors(loop_errors: list[dict[str, Any]]) -> AsyncIterator[None]:
+    yield
     gc.collect()
     await asyncio.sleep(0)
-    loop.set_exception_handler(previous)
-    assert not seen, f"unhandled exceptions in the event loop: {[c.get('message') for c in seen]}"
+    assert not loop_errors, f"unhandled exceptions in the event loop: {[c.get('message') for c in loop_errors]}"
 
 
 @pytest.fixture
