@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 need_pkgs=()
 # chromium + fonts-dejavu-core: the operator console's end-to-end test drives headless Chromium.
+# kamailio + postgresql: the multi-node lab (lab/multinode.py; the load balancer and the shared history).
 for pkg in python3 python3-venv python3-dev gcc debootstrap sip-tester tshark espeak-ng sox curl iproute2 procps \
-           chromium fonts-dejavu-core; do
+           chromium fonts-dejavu-core kamailio postgresql; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
