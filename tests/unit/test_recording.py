@@ -36,6 +36,29 @@ def test_each_leg_stops_growing_at_max_seconds_and_counts_the_rest():
     assert bytes(recording.agent) == FRAME
 
 
+def test_a_hole_in_the_caller_leg_is_filled_so_both_legs_keep_one_timeline():
+    recording = CallRecording(8000, max_seconds=10)
+    slack = int(CallRecording.GAP_SLACK_S * 50)  # in 20 ms frames
+    for i in range(100):  # 2 s of agent frames; the caller talks for the first 0.4 s only
+        if i < 20:
+            recording.add_caller(FRAME)
+        recording.add_agent(b"\x00\x00" * 160)
+    assert len(recording.caller) == (100 - slack) * len(FRAME)
+    assert recording.caller[: 20 * len(FRAME)] == FRAME * 20
+    assert recording.caller[20 * len(FRAME):] == bytes((80 - slack) * len(FRAME))
+    recording.add_caller(FRAME)  # the caller speaks again: after the silence, not in its place
+    assert recording.caller.endswith(bytes(len(FRAME)) + FRAME)
+
+
+def test_a_caller_leg_within_the_slack_is_not_padded():
+    recording = CallRecording(8000, max_seconds=10)
+    for _ in range(50):
+        recording.add_agent(FRAME)
+        recording.add_caller(FRAME)
+    recording.add_agent(FRAME)  # the caller's frame of this tick comes a little later
+    assert len(recording.caller) == 50 * len(FRAME)
+
+
 @pytest.mark.parametrize("call_id", ["1796399058.25", "e653402c-5889-4af8-9aac-bc2e6f8c0545"])
 def test_plain_call_ids_are_their_own_file_names(call_id):
     assert recording_name(call_id) == call_id

@@ -5,7 +5,8 @@ a phone call needs the caller's consent in many places (docs/console.md).
 
 ``CallRecording`` collects one call's audio while it runs: the core's event sink
 hands it every caller frame and every frame sent to the caller (silence included,
-so both legs stay on the same 20 ms clock). Per frame that is one append to a
+so both legs stay on the same 20 ms clock; where the caller's side sent nothing
+for a while the caller leg is filled with silence). Per frame that is one append to a
 bytearray; each leg stops growing at ``max_seconds`` (the rest is counted in
 ``truncated_bytes``).
 ``write_recording`` (blocking: run it in a worker thread) writes
@@ -56,13 +57,18 @@ def recording_files(directory: str | Path, call_id: str) -> dict[str, Path]:
 class CallRecording:
     """One call's two legs, 16-bit signed linear at ``sample_rate`` (the call's wire rate)."""
 
-    __slots__ = ("_limit_bytes", "sample_rate", "caller", "agent", "truncated_bytes")
+    __slots__ = ("_limit_bytes", "_slack_bytes", "sample_rate", "caller", "agent", "truncated_bytes")
+
+    # How far the caller leg may fall behind the agent leg before the gap counts as a
+    # hole to fill: more than network jitter, so bursts are not padded into drift.
+    GAP_SLACK_S = 0.2
 
     def __init__(self, sample_rate: int, max_seconds: float) -> None:
         if sample_rate <= 0 or max_seconds <= 0:
             raise ValueError(f"sample_rate and max_seconds must be positive, got {sample_rate}, {max_seconds}")
         self.sample_rate = sample_rate
         self._limit_bytes = int(max_seconds * sample_rate * 2)
+        self._slack_bytes = int(self.GAP_SLACK_S * sample_rate) * 2
         self.caller = bytearray()
         self.agent = bytearray()
         self.truncated_bytes = 0
@@ -72,6 +78,13 @@ class CallRecording:
 
     def add_agent(self, pcm: bytes) -> None:
         self._add(self.agent, pcm)
+        # The agent leg gets a frame every 20 ms (silence included); the caller leg only
+        # when the caller's side sends audio, and phones with silence suppression (or
+        # sipp after its file) send none. Fill such holes with silence so that both
+        # files keep one timeline.
+        behind = len(self.agent) - len(self.caller) - self._slack_bytes
+        if behind > 0:
+            self._add(self.caller, bytes(behind - behind % 2))
 
     def _add(self, leg: bytearray, pcm: bytes) -> None:
         if len(leg) + len(pcm) > self._limit_bytes:
