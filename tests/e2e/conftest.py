@@ -307,6 +307,33 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return rss_kib / 1024.0, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_breakdown(pid: int, ari_port: int = 8088) -> dict[str, int]:
+    """The process's open fds by kind: ``ari_pool`` (TCP connections to Asterisk's
+    HTTP/ARI port: the HTTP client's keep-alive pool and the events websocket),
+    ``tcp`` (other TCP sockets), ``other`` (files, pipes, epoll, ...)."""
+    remote_of: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            cols = line.split()
+            remote_of[cols[9]] = int(cols[2].rsplit(":", 1)[1], 16)
+    kinds = {"ari_pool": 0, "tcp": 0, "other": 0}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed while we looked
+        inode = target[len("socket:["):-1] if target.startswith("socket:[") else None
+        if inode is not None and inode in remote_of:
+            kinds["ari_pool" if remote_of[inode] == ari_port else "tcp"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
+
+
 def assert_calls_ended_cleanly(proc: EngineProcess, lab, url: str, call_ids: list[str],
                                history_timeout: float = 15.0) -> dict[str, str]:
     """What every fault case asserts at its end: the engine still runs, each call

@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 
 import labkit
 import pytest
-from conftest import REPO, assert_nothing_left_in_asterisk, history_rows, history_url, http_get, proc_usage, wait_until
+from conftest import (
+    REPO,
+    assert_nothing_left_in_asterisk,
+    fd_breakdown,
+    history_rows,
+    history_url,
+    http_get,
+    proc_usage,
+    wait_until,
+)
 
 # A failed case must not leave channels or bridges behind for the next one.
 pytestmark = pytest.mark.usefixtures("swept_asterisk")
@@ -29,7 +38,11 @@ WARMUP_CALLS = 24
 # Limits. A leak of 8 KiB per call would show as 4 MiB over the second half.
 MAX_RSS_GROWTH_SECOND_HALF_MIB = 4.0
 MAX_RSS_GROWTH_AFTER_BURST_MIB = 24.0  # a 100-call working set may stay resident
-MAX_FD_DRIFT = 2
+MAX_FD_DRIFT = 2  # fds other than the ARI HTTP keep-alive pool
+# aiohttp's connector keeps idle HTTP connections to ARI for reuse (at most 100, closed
+# after 15 s idle): after 100 simultaneous call set-ups some are still open. They are
+# reported apart and only checked against that bound.
+MAX_ARI_POOL = 100
 
 
 class Sampler:
@@ -59,13 +72,16 @@ class Sampler:
         return max((s[3] for s in self.samples if s[0] >= since), default=0)
 
 
-def _settled(proc, lab, expected_summaries: int, pid: int) -> tuple[float, int]:
-    """Wait for every call to have ended everywhere; then (rss MiB, fds)."""
+def _settled(proc, lab, expected_summaries: int, pid: int) -> dict:
+    """Wait for every call to have ended everywhere; then the engine's RSS and fds."""
     proc.wait_for("call_summary", count=expected_summaries, timeout=60)
     assert_nothing_left_in_asterisk(lab, timeout=20)
     wait_until(lambda: json.loads(http_get("/health")[1])["active_calls"] == 0, 20, "no live calls")
     time.sleep(1.0)  # the history writer and closing sockets catch up
-    return proc_usage(pid)
+    rss, fds = proc_usage(pid)
+    kinds = fd_breakdown(pid)
+    return {"rss_mib": round(rss, 2), "fds": fds, "fds_ari_pool": kinds["ari_pool"],
+            "fds_other": fds - kinds["ari_pool"]}
 
 
 def _load(tmp_path, name: str, audio, calls: int, rate: float, limit: int, call_s: float):
@@ -76,6 +92,8 @@ def _load(tmp_path, name: str, audio, calls: int, rate: float, limit: int, call_
     return result
 
 
+# ~3 min of calls; the suite's 300 s default would also count any wait for the lab lock.
+@pytest.mark.timeout(900)
 def test_soak_thousand_calls_then_hundred_at_once(asterisk, engine, tmp_path):
     proc = engine(mode="ari", provider="echo")
     pid = proc.proc.pid
@@ -89,24 +107,21 @@ def test_soak_thousand_calls_then_hundred_at_once(asterisk, engine, tmp_path):
     try:
         _load(tmp_path, "warmup", audio, WARMUP_CALLS, SEQUENTIAL_RATE, 30, CALL_S)
         total += WARMUP_CALLS
-        rss0, fds0 = _settled(proc, asterisk, total, pid)
-        phases.append({"phase": "after warm-up", "calls": total, "rss_mib": rss0, "fds": fds0})
+        phases.append({"phase": "after warm-up", "calls": total, **_settled(proc, asterisk, total, pid)})
 
         half = SEQUENTIAL_CALLS // 2
         for index in (1, 2):
             t = time.monotonic()
             load = _load(tmp_path, f"sequential-{index}", audio, half, SEQUENTIAL_RATE, 30, CALL_S)
             total += half
-            rss, fds = _settled(proc, asterisk, total, pid)
-            phases.append({"phase": f"after {half * index} sequential", "calls": total, "rss_mib": rss, "fds": fds,
-                           "wall_s": round(load.duration_s, 1),
+            phases.append({"phase": f"after {half * index} sequential", "calls": total,
+                           **_settled(proc, asterisk, total, pid), "wall_s": round(load.duration_s, 1),
                            "peak_active": sampler.peak_active(since=t - started)})
 
         t = time.monotonic()
         load = _load(tmp_path, "burst", burst_audio, BURST_CALLS, BURST_CALLS, BURST_CALLS, BURST_CALL_S)
         total += BURST_CALLS
-        rss, fds = _settled(proc, asterisk, total, pid)
-        phases.append({"phase": f"after {BURST_CALLS} at once", "calls": total, "rss_mib": rss, "fds": fds,
+        phases.append({"phase": f"after {BURST_CALLS} at once", "calls": total, **_settled(proc, asterisk, total, pid),
                        "wall_s": round(load.duration_s, 1), "peak_active": sampler.peak_active(since=t - started)})
     finally:
         sampler.stop()
@@ -124,10 +139,11 @@ def test_soak_thousand_calls_then_hundred_at_once(asterisk, engine, tmp_path):
     peak_fds = max(s[2] for s in sampler.samples)
     print(f"\nsoak: {total} calls in {wall_s:.0f} s (engine pid {pid}; peak RSS {peak_rss:.1f} MiB, "
           f"peak fds {peak_fds})")
-    print(f"{'phase':<24} {'calls':>6} {'RSS MiB':>8} {'fds':>5} {'peak live':>9} {'wall s':>7}")
+    print(f"{'phase':<24} {'calls':>6} {'RSS MiB':>8} {'fds':>5} {'ARI pool':>8} {'other':>5} {'peak live':>9} "
+          f"{'wall s':>7}")
     for p in phases:
-        print(f"{p['phase']:<24} {p['calls']:>6} {p['rss_mib']:>8.1f} {p['fds']:>5} "
-              f"{p.get('peak_active', '-'):>9} {p.get('wall_s', '-'):>7}")
+        print(f"{p['phase']:<24} {p['calls']:>6} {p['rss_mib']:>8.1f} {p['fds']:>5} {p['fds_ari_pool']:>8} "
+              f"{p['fds_other']:>5} {p.get('peak_active', '-'):>9} {p.get('wall_s', '-'):>7}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     out = REPO / "artifacts" / "soak.json"
@@ -149,7 +165,8 @@ def test_soak_thousand_calls_then_hundred_at_once(asterisk, engine, tmp_path):
     burst = phases[3]
     assert burst["peak_active"] >= BURST_CALLS * 0.9, f"only {burst['peak_active']} calls were up at once"
     for p in phases[1:]:
-        assert abs(p["fds"] - phases[0]["fds"]) <= MAX_FD_DRIFT, f"open fds drifted: {by_phase}"
+        assert abs(p["fds_other"] - phases[0]["fds_other"]) <= MAX_FD_DRIFT, f"open fds drifted: {by_phase}"
+        assert p["fds_ari_pool"] <= MAX_ARI_POOL
     growth = second_half["rss_mib"] - first_half["rss_mib"]
     assert growth <= MAX_RSS_GROWTH_SECOND_HALF_MIB, (
         f"RSS grew {growth:.1f} MiB over {SEQUENTIAL_CALLS // 2} calls ({growth * 1024 / (SEQUENTIAL_CALLS // 2):.1f} "
