@@ -10,6 +10,7 @@ import threading
 import time
 
 import labkit
+import labload
 import pytest
 from conftest import (
     assert_calls_ended_cleanly,
@@ -37,7 +38,7 @@ def test_sigterm_drains_live_calls_then_exits_zero(asterisk, engine, tmp_path):
     audio = labkit.make_speech_ulaw("Draining calls one by one, please hold the line.", tmp_path / "a.ulaw",
                                     seconds=CALL_S - 1)
     outcome: dict = {}
-    load = threading.Thread(target=lambda: outcome.setdefault("r", labkit.place_call_load(
+    load = threading.Thread(target=lambda: outcome.setdefault("r", labload.place_call_load(
         "stasis", audio, CALL_S, calls=LIVE_CALLS, rate=LIVE_CALLS, limit=LIVE_CALLS, call_dir=tmp_path / "load")))
     load.start()
     try:

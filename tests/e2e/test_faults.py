@@ -14,6 +14,7 @@ import re
 from datetime import datetime
 
 import labkit
+import labload
 import pytest
 from conftest import (
     assert_calls_ended_cleanly,
@@ -102,7 +103,7 @@ def test_provider_fault_stays_inside_its_call(asterisk, engine, deepgram_sim, st
 
     faulty_audio, faulty_s = _caller_audio(tmp_path, question_at_s=4.0, total_s=call_s)
     echo_audio = labkit.make_speech_ulaw(ECHO_PHRASE, tmp_path / "echo.ulaw", seconds=8)
-    with labkit.CallInBackground("ai-deepgram", faulty_audio, faulty_s, capture=False,
+    with labload.CallInBackground("ai-deepgram", faulty_audio, faulty_s, capture=False,
                                  call_dir=tmp_path / "faulty") as faulty:
         echo = labkit.place_call("stasis", echo_audio, 9.0, sip_port=ECHO_SIP_PORT, rtp_port=ECHO_RTP_PORT,
                                  call_dir=tmp_path / "echo")
@@ -147,7 +148,7 @@ def test_stalled_turn_played_from_file_then_caller_is_heard(asterisk, engine, de
     # The rest of the turn plays from file until ~21 s into the call; the caller speaks after.
     question_at_s = 23.0
     audio, total_s = _caller_audio(tmp_path, question_at_s=question_at_s, total_s=31.0)
-    with labkit.CallInBackground("stasis", audio, total_s, capture=False, call_dir=tmp_path / "call") as call:
+    with labload.CallInBackground("stasis", audio, total_s, capture=False, call_dir=tmp_path / "call") as call:
         started = proc.wait_for("call_started", timeout=10)[0]
         call_id = started["call_id"]
         answered_at = _epoch(started)

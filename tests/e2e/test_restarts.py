@@ -4,6 +4,7 @@ engine killed (SIGKILL) under a live call while Asterisk keeps running."""
 from __future__ import annotations
 
 import labkit
+import labload
 import pytest
 from conftest import (
     assert_calls_ended_cleanly,
@@ -38,7 +39,7 @@ def _echo_call(tmp_path, name: str):
 def test_asterisk_restarted_under_a_live_call(asterisk, engine, tmp_path):
     proc = engine(mode="ari", provider="echo")
     audio = labkit.make_speech_ulaw(PHRASE, tmp_path / "long.ulaw", seconds=12)
-    with labkit.CallInBackground("stasis", audio, 12.0, capture=False, call_dir=tmp_path / "live") as live:
+    with labload.CallInBackground("stasis", audio, 12.0, capture=False, call_dir=tmp_path / "live") as live:
         first = proc.wait_for("call_started", timeout=10)[0]["call_id"]
         wait_until(lambda: _active_calls() == 1, 10, "the call to be live")
 
@@ -60,7 +61,7 @@ def test_asterisk_restarted_under_a_live_call(asterisk, engine, tmp_path):
 def test_engine_killed_under_a_live_call_next_engine_cleans_up(asterisk, engine, tmp_path):
     old = engine(mode="ari", provider="echo")
     audio = labkit.make_speech_ulaw(PHRASE, tmp_path / "long.ulaw", seconds=20)
-    with labkit.CallInBackground("stasis", audio, 20.0, capture=False, call_dir=tmp_path / "live") as live:
+    with labload.CallInBackground("stasis", audio, 20.0, capture=False, call_dir=tmp_path / "live") as live:
         old.wait_for("call_started", timeout=10)
         wait_until(lambda: _active_calls() == 1, 10, "the call to be live")
         old.proc.kill()

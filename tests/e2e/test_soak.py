@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 
 import labkit
+import labload
 import pytest
 from conftest import (
     REPO,
@@ -85,7 +86,7 @@ def _settled(proc, lab, expected_summaries: int, pid: int) -> dict:
 
 
 def _load(tmp_path, name: str, audio, calls: int, rate: float, limit: int, call_s: float):
-    result = labkit.place_call_load("stasis", audio, call_s, calls=calls, rate=rate, limit=limit,
+    result = labload.place_call_load("stasis", audio, call_s, calls=calls, rate=rate, limit=limit,
                                     call_dir=tmp_path / name)
     assert result.ok, (f"{name}: SIPp {result.successful}/{result.calls} ok, {result.failed} failed, "
                        f"exit {result.returncode}: {result.errors()}")
