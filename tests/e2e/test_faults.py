@@ -122,6 +122,11 @@ def test_provider_fault_stays_inside_its_call(asterisk, engine, deepgram_sim, st
         print(f"{fault}: the provider heard {heard:.1f} s of the {question:.1f} s question")
         assert heard >= 0.6 * question, f"{fault}: the provider heard {heard:.1f} s of a {question:.1f} s question"
         assert faulty_result.hangup == "local", "the call should last until the caller hangs up"
+        # The greeting had played out before the caller spoke: that is a new turn of
+        # the caller's, not an interruption (a turn left open by a lost AgentAudioDone
+        # must not turn it into a barge-in).
+        barge_ins = proc.events("barge_in", call_id=faulty_id)
+        assert not barge_ins, f"{fault}: the caller's question after the greeting counted as a barge-in: {barge_ins}"
         if fault == "error":
             errors = proc.events("provider_error", call_id=faulty_id)
             assert errors and not errors[0]["fatal"], f"the provider's Error was not logged as non-fatal: {errors}"
