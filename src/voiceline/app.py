@@ -31,6 +31,7 @@ from voiceline.telemetry.metrics import Metrics
 from voiceline.telemetry.recording import RecordingWriter
 from voiceline.telemetry.tuning import CallStreamingNumbers, format_hints, tuning_hints
 from voiceline.wiring import Parts, build_parts
+from voiceline.call_functions import functions_factory
 
 log = structlog.get_logger("voiceline.app")
 
@@ -94,6 +95,7 @@ class App:
             wire_rate=wire_rate,
             barge_in=BargeInParams.from_settings(settings.barge_in, wire_rate),
             on_call_ended=self._on_call_ended,
+            functions=functions_factory(settings),
         )
         if self.ari is not None:
             st = settings.streaming

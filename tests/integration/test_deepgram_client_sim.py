@@ -488,7 +488,7 @@ async def test_control_messages_and_function_calls(make_sim: Callable[..., Any])
     call = events.of(FunctionCallRequest)[0]
     assert call.name == "lookup_order" and call.client_side
     assert call.arguments["utterance"] == "Where is order 42?"
-    assert await session.send_function_result(call.call_id, call.name, {"status": "shipped"})
+    assert await session.send_function_result(call.call_id, {"status": "shipped"})
     await events.wait_for(lambda e: isinstance(e, AgentAudioDone), count=2)
     assert Transcript("assistant", "Found it.") in events.events
 
@@ -501,7 +501,7 @@ async def test_control_messages_and_function_calls(make_sim: Callable[..., Any])
         "type": "FunctionCallResponse",
         "id": call.call_id,
         "name": "lookup_order",
-        "content": json.dumps({"status": "shipped"}),
+        "content": json.dumps({"status": "shipped"}, separators=(",", ":")),
     }
     assert sim.sessions[0].errors_sent == []
     await finish(session, events)

@@ -21,9 +21,11 @@ from pathlib import Path
 import structlog
 
 from voiceline.asterisk.ari import AriClient, AriError
+from voiceline.asterisk.ari_actions import AriCallActions, transfer_reason
 from voiceline.asterisk.audiosocket import AudioSocketConnection
 from voiceline.asterisk.audiosocket_mode import AudioSocketLeg, attach_leg
 from voiceline.audio.formats import SLIN_FORMAT_NAMES
+from voiceline.core.actions import TransferTo
 from voiceline.core.call import Call
 from voiceline.core.engine import Engine
 from voiceline.core.models import CallState
@@ -62,6 +64,9 @@ class _CallResources:
     # Set when the call's teardown released its resources; whatever the setup still
     # creates afterwards, the setup removes itself.
     released: bool = False
+    # Set once the caller was sent to the dialplan (ari_actions): the teardown leaves
+    # the caller's channel alone and the call ends as transferred.
+    transfer_to: TransferTo | None = None
 
     def unfinished(self) -> list[Playback]:
         return [p for p in self.playbacks.values() if not p.finished]
@@ -126,7 +131,12 @@ class AriMode:
             channel_id = event.get("channel", {}).get("id", "")
             session = self.engine.store.by_channel(channel_id)
             if session is not None:
-                await self.engine.end_call(session.call_id, f"{kind} on {channel_id}")
+                resources = self._calls.get(session.call_id)
+                transferred = resources.transfer_to if resources is not None else None
+                reason = transfer_reason(transferred) if transferred else f"{kind} on {channel_id}"
+                await self.engine.end_call(session.call_id, reason)
+        elif kind == "ChannelDtmfReceived":
+            self._on_dtmf(event)
         elif kind == "PlaybackFinished":
             await self._on_playback_finished(event)
         elif kind == "ApplicationReplaced":
@@ -157,7 +167,7 @@ class AriMode:
         call = self.engine.start_call(
             call_id, requested_provider=requested, caller_channel_id=channel_id,
             caller_id=caller.get("number"), variables={PROVIDER_VARIABLE: requested} if requested else {},
-            playback=self, release=self._release,
+            playback=self, release=self._release, actions=AriCallActions(self, call_id),
         )
         resources = _CallResources(call, channel_id)
         self._calls[call_id] = resources
@@ -230,6 +240,21 @@ class AriMode:
             self._media_stasis.pop(session.call_id, None)
         check_alive()
         await self.ari.add_channel(bridge["id"], [media["id"]])
+
+    def resources(self, call_id: str) -> _CallResources | None:
+        return self._calls.get(call_id)
+
+    def _on_dtmf(self, event: dict) -> None:
+        """A keypress on the caller's channel (ChannelDtmfReceived) goes to the call's provider."""
+        channel_id = event.get("channel", {}).get("id", "")
+        session = self.engine.store.by_channel(channel_id)
+        call = self.engine.call(session.call_id) if session is not None else None
+        resources = self._calls.get(session.call_id) if session is not None else None
+        digit = event.get("digit")
+        # Only the caller's channel: the same key may also reach us through the media leg.
+        if call is None or resources is None or channel_id != resources.channel_id or not isinstance(digit, str):
+            return
+        call.on_dtmf(digit)
 
     # ------------------------------------------------------------------ file playback (PlaybackControl)
 
@@ -376,7 +401,8 @@ class AriMode:
             steps.append(("hangup_media", lambda: ari.hangup(resources.media_channel_id)))
         if resources.bridge_id:
             steps.append(("destroy_bridge", lambda: ari.destroy_bridge(resources.bridge_id)))
-        steps.append(("hangup_caller", lambda: ari.hangup(resources.channel_id)))
+        if resources.transfer_to is None:  # a transferred caller belongs to the dialplan now
+            steps.append(("hangup_caller", lambda: ari.hangup(resources.channel_id)))
         for step, action in steps:
             try:
                 await action()  # a 404 (already gone) comes back as False, not an error

@@ -12,6 +12,12 @@ Modules: ``base`` (ConfigError, the strict model), ``engine`` (engine sections),
 ``settings`` (the root), ``loading`` (YAML, env, renamed keys, error messages).
 """
 
+from voiceline.config.actions import (
+    ActionsSettings,
+    DtmfIn,
+    HttpFunction,
+    TransferTarget,
+)
 from voiceline.config.base import ConfigError, LogLevel
 from voiceline.config.engine import (
     AsteriskSettings,
@@ -49,6 +55,10 @@ from voiceline.config.providers import (
 from voiceline.config.settings import Settings
 
 __all__ = [
+    "ActionsSettings",
+    "DtmfIn",
+    "HttpFunction",
+    "TransferTarget",
     "DEFAULT_APOLOGY",
     "DEFAULT_FALLBACK_REPLY",
     "DEFAULT_GREETING",

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from voiceline.config.actions import ActionsSettings
 from voiceline.config.base import Strict
 
 # The VAD works on 20 ms frames: shorter onsets or pauses cannot be told apart.
@@ -157,6 +158,7 @@ class LocalProviderSettings(Strict):
     llm: LocalLLMSettings = Field(default_factory=LocalLLMSettings)
     tts: LocalTTSSettings = Field(default_factory=LocalTTSSettings)
     stt: LocalSTTSettings = Field(default_factory=LocalSTTSettings)
+    actions: ActionsSettings = Field(default_factory=ActionsSettings, description="functions the engine runs")
 
     @field_validator("apology")
     @classmethod

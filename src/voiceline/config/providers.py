@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from voiceline.config.actions import ActionsSettings
 from voiceline.config.base import Strict
 from voiceline.config.local_agent import LocalProviderSettings
 
@@ -46,6 +47,7 @@ class DeepgramProviderSettings(Strict):
     connect_timeout_s: float = Field(10.0, gt=0)
     settings_timeout_s: float = Field(10.0, gt=0, description="Welcome -> SettingsApplied")
     pre_settings_buffer_ms: int = Field(5000, ge=0, description="caller audio held while Settings applies")
+    actions: ActionsSettings = Field(default_factory=ActionsSettings, description="functions the engine runs")
 
 
 class OpenAITurnDetection(Strict):
@@ -70,6 +72,7 @@ class OpenAIRealtimeProviderSettings(Strict):
     transcription_model: str | None = "whisper-1"
     tools: list[dict[str, Any]] = Field(default_factory=list)
     connect_timeout_s: float = Field(10.0, gt=0)
+    actions: ActionsSettings = Field(default_factory=ActionsSettings, description="functions the engine runs")
 
 
 class ProvidersSettings(Strict):

@@ -21,6 +21,7 @@ import structlog
 from voiceline.audio.formats import AudioFormat
 from voiceline.audio.levels import slin_rms
 from voiceline.audio.transcode import Transcoder
+from voiceline.core.actions import FunctionExecutor
 from voiceline.core.barge_in import PROTECTED_DROP_LOG_MESSAGE, BargeInDetector, BargeInParams
 from voiceline.core.call_policy import CallPolicy, GateChange, ReactionKind
 from voiceline.core.conversation_coordinator import ConversationCoordinator
@@ -128,6 +129,8 @@ class Call:
         self._stream_idle = asyncio.Event()
         self.connected = asyncio.Event()
         self._ended = False
+        # Runs the model's function calls (core.actions.FunctionExecutor); set by the engine.
+        self.functions: FunctionExecutor | None = None
         session.wire_format = str(wire_format)
         session.provider_input_format = str(caps.input_format)
         session.provider_output_format = str(caps.output_format)
@@ -256,6 +259,8 @@ class Call:
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 await cancel_and_wait(task)  # logs a task's own failure
+        if self.functions is not None:
+            await self.functions.aclose()
         try:
             await self.provider.close("call ended")
         except asyncio.CancelledError:
@@ -431,6 +436,8 @@ class Call:
                     log.warning("provider_warning", call_id=call_id, message=message, code=code)
                 case pb.FunctionCallRequest(name=name):
                     log.info("function_call_request", call_id=call_id, function=name)
+                    if self.functions is not None:
+                        self.functions.submit(event)
                 case pb.AgentThinking():
                     pass  # informational; the turn timing comes from AgentStartedSpeaking
                 case pb.ProviderClosed(reason=reason, error=error):

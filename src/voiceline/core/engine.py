@@ -16,6 +16,7 @@ from typing import Protocol
 import structlog
 
 from voiceline.audio.formats import AudioFormat
+from voiceline.core.actions import CallActions, FunctionExecutor
 from voiceline.core.barge_in import BargeInParams
 from voiceline.core.call import Call
 from voiceline.core.conversation_coordinator import ConversationCoordinator
@@ -29,6 +30,10 @@ from voiceline.providers.base import CallContext, Provider
 log = structlog.get_logger("voiceline.engine")
 
 ReleaseStep = Callable[[Call], Awaitable[None]]
+# (call, provider name, the mode's telephony actions or None, end_call) -> the call's
+# function executor, or None when its provider offers no functions (core.actions).
+FunctionsFactory = Callable[[Call, str, "CallActions | None", Callable[[str, str], Awaitable[None]]],
+                            "FunctionExecutor | None"]
 
 
 class ProviderChoice(Protocol):
@@ -55,6 +60,7 @@ class Engine:
         wire_rate: int,
         barge_in: BargeInParams | None,
         on_call_ended: Callable[[Call], None] | None = None,
+        functions: FunctionsFactory | None = None,
     ) -> None:
         self.mode = mode
         self.store = store
@@ -69,6 +75,7 @@ class Engine:
         self._release: dict[str, ReleaseStep] = {}
         self._ending: dict[str, asyncio.Task[None]] = {}
         self._on_call_ended = on_call_ended
+        self._functions = functions
         self._accepting = True
         self._no_calls = asyncio.Event()
         self._no_calls.set()
@@ -109,6 +116,7 @@ class Engine:
         variables: Mapping[str, str] | None = None,
         playback: PlaybackControl | None = None,
         release: ReleaseStep | None = None,
+        actions: CallActions | None = None,
     ) -> Call:
         choice = self.providers.choose(requested_provider)
         if choice.fallback_reason:
@@ -136,6 +144,8 @@ class Engine:
             # message never came stops gating after the stream's grace.
             starvation_s=self.streaming.params.provider_grace_ms / 1000,
         )
+        if self._functions is not None:
+            call.functions = self._functions(call, choice.provider.name, actions, self.end_call)
         self._calls[call_id] = call
         self._no_calls.clear()
         if release is not None:

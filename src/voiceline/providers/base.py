@@ -206,6 +206,13 @@ class ProviderSession(ABC):
     async def send_dtmf(self, digit: str) -> None:
         """A DTMF digit from the caller. Default: ignored by providers that have no use."""
 
+    async def send_function_result(self, call_id: str, result: Mapping[str, Any]) -> bool:
+        """Answer the model's ``FunctionCallRequest`` ``call_id`` with ``result`` (a JSON
+        object; a failure is ``{"error": "..."}``) and let the model go on. False when it
+        could not be delivered. Default: this provider cannot take results."""
+        self._log.warning("function result not deliverable: provider has no function calls", call_id=call_id)
+        return False
+
     @abstractmethod
     async def close(self, reason: str = "call ended") -> None:
         """Release everything; idempotent; ends ``events()`` with ``ProviderClosed``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from voiceline.audio.formats import AudioFormat
 from voiceline.config import DeepgramProviderSettings
 from voiceline.providers.base import (
     CallContext,
+    FunctionCallRequest,
     Provider,
     ProviderCapabilities,
     ProviderClosed,
@@ -41,6 +43,7 @@ from voiceline.providers.deepgram_events import (
     SettingsApplied,
     Welcome,
 )
+from voiceline.providers.functions import dtmf_text, function_definitions, result_text
 from voiceline.tasks import cancel_and_wait, spawn
 
 if TYPE_CHECKING:
@@ -136,8 +139,14 @@ def build_settings(cfg: DeepgramProviderSettings) -> dict[str, Any]:
     think: dict[str, Any] = {"provider": think_provider}
     if cfg.prompt:
         think["prompt"] = cfg.prompt
-    if cfg.functions:
-        think["functions"] = [_function_settings(fn) for fn in cfg.functions]
+    # Deepgram's own function list, then the ones the engine runs (actions).
+    functions = [_function_settings(fn) for fn in cfg.functions] + function_definitions(cfg.actions)
+    names = [fn["name"] for fn in functions]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"deepgram function name(s) {duplicates} declared twice (functions and actions)")
+    if functions:
+        think["functions"] = functions
     agent: dict[str, Any] = {
         "language": cfg.language,
         "listen": {"provider": {"type": cfg.listen_provider, "model": cfg.listen_model}},
@@ -192,6 +201,7 @@ class DeepgramSession(ProviderSession):
         self._closing = False
         self._closed = False
         self._pending: deque[bytes] = deque()
+        self._function_names: dict[str, str] = {}  # FunctionCallRequest id -> name (for the response)
         self._pending_bytes = 0
         self._pending_limit = fmt_in.bytes_for_ms(cfg.pre_settings_buffer_ms)
         self._last_sent = 0.0
@@ -422,10 +432,19 @@ class DeepgramSession(ProviderSession):
     async def inject_user_message(self, text: str) -> bool:
         return await self._send_control({"type": "InjectUserMessage", "content": text})
 
-    async def send_function_result(self, call_id: str, name: str, content: str | dict[str, Any] | list[Any]) -> bool:
-        if not isinstance(content, str):
-            content = json.dumps(content)
-        return await self._send_control({"type": "FunctionCallResponse", "id": call_id, "name": name, "content": content})
+    async def send_function_result(self, call_id: str, result: Mapping[str, Any]) -> bool:
+        name = self._function_names.pop(call_id, None)
+        if name is None:
+            self._log.warning("deepgram function result for an unknown request", request_id=call_id)
+            return False
+        return await self._send_control(
+            {"type": "FunctionCallResponse", "id": call_id, "name": name, "content": result_text(result)}
+        )
+
+    async def send_dtmf(self, digit: str) -> None:
+        text = dtmf_text(self.cfg.actions, digit)
+        if text is not None:
+            await self.inject_user_message(text)
 
     # ---- server messages --------------------------------------------------------------
 
@@ -493,6 +512,8 @@ class DeepgramSession(ProviderSession):
                         fut.set_exception(exc)
                         fut.exception()
             else:
+                if isinstance(out, FunctionCallRequest) and out.client_side:
+                    self._function_names[out.call_id] = out.name
                 self._emit(out)
 
     def _fail_handshake(self, reason: str) -> None:

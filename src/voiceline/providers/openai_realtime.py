@@ -30,6 +30,7 @@ import structlog
 
 from voiceline.audio.formats import AudioFormat
 from voiceline.config import OpenAIRealtimeProviderSettings
+from voiceline.providers.functions import dtmf_text, function_definitions, result_text
 from voiceline.providers.base import (
     AgentAudio,
     AgentAudioDone,
@@ -121,8 +122,9 @@ def build_session_update(config: OpenAIRealtimeProviderSettings) -> dict[str, An
         }
         if transcription is not None:
             session["input_audio_transcription"] = transcription
-    if config.tools:
-        session["tools"] = [dict(tool) for tool in config.tools]
+    tools = build_tools(config)
+    if tools:
+        session["tools"] = tools
         session["tool_choice"] = "auto"
     return {"type": "session.update", "session": session}
 
@@ -162,6 +164,25 @@ def build_function_output(call_id: str, output: str) -> dict[str, Any]:
         "type": "conversation.item.create",
         "item": {"type": "function_call_output", "call_id": call_id, "output": output},
     }
+
+
+def build_user_text(text: str) -> dict[str, Any]:
+    """A user message item carrying ``text`` (a caller keypress told to the model)."""
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    }
+
+
+def build_tools(config: OpenAIRealtimeProviderSettings) -> list[dict[str, Any]]:
+    """``tools`` as configured plus the functions the engine runs (actions)."""
+    tools = [dict(tool) for tool in config.tools]
+    tools += [{"type": "function", **definition} for definition in function_definitions(config.actions)]
+    names = [t.get("name") for t in tools]
+    duplicates = sorted({str(n) for n in names if n is not None and names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"openai_realtime tool name(s) {duplicates} declared twice (tools and actions)")
+    return tools
 
 
 def error_message(event: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -519,22 +540,31 @@ class OpenAIRealtimeSession(ProviderSession):
                 sent=[m["type"] for m in messages],
             )
 
-    async def send_function_result(self, call_id: str, output: str, *, respond: bool = True) -> None:
-        """Give the model a function call's result and (by default) let it answer."""
-        await self._send(build_function_output(call_id, output))
-        if respond:
+    async def send_function_result(self, call_id: str, result: Mapping[str, Any]) -> bool:
+        """Give the model a function call's result and let it answer."""
+        if not await self._send(build_function_output(call_id, result_text(result))):
+            return False
+        return await self._send({"type": "response.create"})
+
+    async def send_dtmf(self, digit: str) -> None:
+        text = dtmf_text(self.config.actions, digit)
+        if text is None:
+            return
+        if await self._send(build_user_text(text)):
             await self._send({"type": "response.create"})
 
-    async def _send(self, event: Mapping[str, Any]) -> None:
+    async def _send(self, event: Mapping[str, Any]) -> bool:
         ws = self._ws
         if ws is None or ws.closed:
-            return
+            return False
         try:
             async with self._send_lock:
                 await ws.send_str(json.dumps(event))
         except (ConnectionError, aiohttp.ClientError, RuntimeError, OSError) as exc:
             # The reader notices the lost socket and reports it once.
             self._log.debug("openai_realtime.send_failed", type=event.get("type"), error=repr(exc))
+            return False
+        return True
 
 
 def _decode(data: str) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from voiceline.sim.deepgram_state import (
     SimOptions,
     SimSession,
 )
+from voiceline.sim.sim_intents import Intent, choose_intent, keypress_reply, reply_after
 from voiceline.sim.speech import (
     SpeechDetector,
     decode_to_pcm,
@@ -51,6 +52,9 @@ log = structlog.get_logger("voiceline.sim.deepgram")
 PATH = "/v1/agent/converse"
 _BYTES_PER_SAMPLE = {"linear16": 2, "mulaw": 1, "alaw": 1}
 MAX_RECORDED_AUDIO = 16 * 1024 * 1024
+# How long the simulated model waits for a FunctionCallResponse (the engine's own
+# timeout is shorter: it always answers).
+FUNCTION_RESULT_WAIT_S = 30.0
 
 
 class DeepgramSimulator:
@@ -420,6 +424,10 @@ class DeepgramSimulator:
         await self._send(sess, {"type": "ConversationText", "role": "user", "content": user_text})
         await self._send(sess, {"type": "AgentThinking", "content": f"Responding to: {user_text}"})
         started = time.monotonic()
+        intent = choose_intent(user_text, self._declared_functions(sess))
+        if intent is not None:
+            await self._function_turn(sess, intent)
+            return
         if opts.call_function and self._declares_function(sess, opts.call_function):
             call_id = f"call_{uuid.uuid4().hex[:12]}"
             fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -440,13 +448,41 @@ class DeepgramSimulator:
                 log.info("sim function result not received in 10 s; answering anyway", name=opts.call_function)
         await asyncio.sleep(opts.think_delay_s)
         ttt = time.monotonic() - started
-        await self._agent_turn(sess, opts.answer_text, kind="answer", ttt=ttt)
+        answer = keypress_reply(user_text) or opts.answer_text
+        await self._agent_turn(sess, answer, kind="answer", ttt=ttt)
+
+    async def _function_turn(self, sess: SimSession, intent: Intent) -> None:
+        """The "model" calls a declared function (sim_intents): its line first, then the
+        request; once answered, what it says about the result (an apology for an error)."""
+        await asyncio.sleep(sess.options.think_delay_s)
+        if intent.say_before:
+            await self._agent_turn(sess, intent.say_before, kind="answer")
+        call_id = f"call_{uuid.uuid4().hex[:12]}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        sess.function_results[call_id] = fut
+        await self._send(sess, {"type": "FunctionCallRequest", "functions": [
+            {"id": call_id, "name": intent.function, "arguments": json.dumps(intent.arguments), "client_side": True}
+        ]})
+        try:
+            response = await asyncio.wait_for(fut, timeout=FUNCTION_RESULT_WAIT_S)
+        except TimeoutError:
+            log.info("sim function result not received; the turn ends", name=intent.function)
+            sess.function_calls.append({"name": intent.function, "id": call_id, "content": None})
+            return
+        sess.function_calls.append({"name": intent.function, "id": call_id, "content": response["content"]})
+        reply = reply_after(intent, response["content"])
+        if reply:
+            await self._agent_turn(sess, reply, kind="answer")
 
     @staticmethod
-    def _declares_function(sess: SimSession, name: str) -> bool:
+    def _declared_functions(sess: SimSession) -> list[str]:
         think = (sess.settings or {}).get("agent", {}).get("think", {})
         thinks = think if isinstance(think, list) else [think]
-        return any(fn.get("name") == name for t in thinks for fn in t.get("functions", []) or [])
+        return [str(fn.get("name")) for t in thinks for fn in t.get("functions", []) or []]
+
+    @classmethod
+    def _declares_function(cls, sess: SimSession, name: str) -> bool:
+        return name in cls._declared_functions(sess)
 
     async def _render(self, sess: SimSession, text: str) -> bytes:
         opts = sess.options

@@ -107,6 +107,8 @@ class SimSession:
     agent_task: asyncio.Task[None] | None = field(default=None, repr=False)
     speaking: bool = False
     function_results: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    # Functions the simulated model called (sim_intents): {name, id, content (None: no answer)}.
+    function_calls: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
     fault_acted: bool = False  # the one-shot faults (close-mid-turn, error) happened
