@@ -315,6 +315,15 @@ $PLAYBACK_LINE
 exten => echo,1,Answer()
  same => n,Echo()
  same => n,Hangup()
+
+; Transfer target of the agents' `transfer` action (tests/e2e/test_actions_e2e.py):
+; the caller, sent here by ARI continue, hears a 440 Hz tone for a few seconds.
+exten => operator,1,NoOp(voiceline: \${CHANNEL} transferred to the operator)
+ same => n,Answer()
+ same => n,Playtones(440)
+ same => n,Wait(4)
+ same => n,StopPlaytones()
+ same => n,Hangup()
 CONF
 
 log "configured $ETC (ARI user $LAB_ARI_USER, AudioSocket port $LAB_AUDIOSOCKET_PORT, playback: ${PLAYBACK_SOUND:-Echo})"
