@@ -154,6 +154,25 @@ async def test_capture_reopens_when_a_turn_end_message_is_lost(tmp_path):
         assert call.session.conversation.end_reasons.get("starved") == 1
 
 
+async def test_caller_speaking_after_a_starved_turn_is_a_new_turn_not_a_barge_in(tmp_path):
+    """Found by the e2e fault suite (malformed AgentAudioDone): the turn whose end message
+    was lost stayed open after capture reopened, so the provider's UserStartedSpeaking for
+    the caller's next question counted as a barge-in of audio that had long finished. It
+    must close the starved turn quietly: no barge-in, turn ends 'completed'."""
+    async with AriRig(ScriptedProvider(), tmp_path) as rig:
+        _, call = await rig.call()
+        session = rig.provider.sessions[0]
+        await wait_for(lambda: call._provider_started.is_set())
+        session.emit(pb.AgentStartedSpeaking())
+        session.emit(pb.AgentAudio(b"\x00\x30" * 2400))  # 0.3 s; its AgentAudioDone never comes
+        await wait_for(lambda: not call.session.audio_capture_enabled)
+        await wait_for(lambda: call.session.audio_capture_enabled, timeout=3.0)
+        session.emit(pb.UserStartedSpeaking())
+        await wait_for(lambda: call.stream.current_turn_id is None, timeout=3.0)
+        assert call.session.conversation.barge_ins == 0
+        assert "barge-in" not in call.session.conversation.end_reasons
+
+
 async def test_fallback_files_are_deleted_when_played_and_at_call_end(tmp_path):
     async with AriRig(ScriptedProvider(), tmp_path) as rig:
         _, call = await rig.call()

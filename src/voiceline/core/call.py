@@ -340,9 +340,15 @@ class Call:
     def _barge_in(self, now: float, *, source: str, onset: float | None) -> None:
         """The caller interrupted: silence the agent at once, let the provider hear the caller."""
         call_id = self.session.call_id
-        stream_playing = self.stream is not None and self.stream.state is not StreamState.IDLE
+        stream = self.stream
+        stream_open = stream is not None and stream.state is not StreamState.IDLE
+        # A starved turn (its end message lost, nothing queued) is open but silent: the
+        # caller speaking now starts the caller's turn, it interrupts nothing.
+        stream_playing = stream_open and (self.policy.agent_audible or stream.depth_frames > 0)
         file_playing = self._playback is not None and self._playback.playing(call_id)
         if not (stream_playing or file_playing or self.session.tts_playing):
+            if stream_open and stream.current_turn_id is not None:
+                stream.end_turn(now)  # close the silent turn; it ends 'completed'
             return  # nothing was playing: not an interruption
         played_ms = None
         if self.stream is not None:

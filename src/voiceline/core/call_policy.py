@@ -165,6 +165,11 @@ class CallPolicy:
             return GateChange(turn, False, "starved")
         return None
 
+    @property
+    def agent_audible(self) -> bool:
+        """A stream turn is open and its audio reaches the caller (not starved)."""
+        return self._turn is not None and self._turn_gating
+
     def turn_ended(self, playback_id: str, reason: str) -> GateChange:
         """The stream's turn left the stream (completed, barge-in, fallback, call-ended)."""
         if self._turn == playback_id:
