@@ -125,6 +125,28 @@ async def test_outbound_stream_failure_ends_the_call_with_a_reason(app):
     assert await leg.wait_closed(2.0)
 
 
+async def test_provider_refusing_caller_audio_ends_the_call_with_a_reason(app):
+    """A provider whose send_audio raised killed only the call's inbound sender task
+    (logged as task_crashed); the call stayed up with the agent deaf. The call's own
+    tasks are essential: the call ends, its reason naming the failure."""
+    leg = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    call = app.engine.call(leg.call_uuid)
+    ended = []
+    app.engine._on_call_ended = ended.append
+
+    async def broken_send_audio(audio):
+        raise RuntimeError("provider socket refused the frame")
+
+    call.provider.send_audio = broken_send_audio
+    await leg.play(_tone(0.2), realtime=False)
+    await _wait_for(lambda: app.engine.active_calls == 0)
+    assert "caller audio to provider failed" in ended[0].session.end_reason
+    assert "refused the frame" in ended[0].session.end_reason
+    assert await leg.wait_closed(2.0)
+
+
 async def test_frames_of_another_sample_rate_are_refused_counted_and_logged_once(app):
     """Defect 9.7: 16 kHz frames on an 8 kHz call reached the provider as if 8 kHz.
     They are refused (not resampled: a leg switching rate mid-call is a dialplan

@@ -143,13 +143,26 @@ class Call:
 
     def start_provider(self) -> None:
         """Connect the provider in the background while the call is being set up."""
-        spawn(self._run_provider(), name=f"provider-{self.session.call_id}", owner=self._tasks)
+        spawn(self._essential(self._run_provider(), "provider session"),
+              name=f"provider-{self.session.call_id}", owner=self._tasks)
+
+    async def _essential(self, work: Awaitable[None], what: str) -> None:
+        """Run one of the call's own tasks; if it crashes the call cannot go on (a deaf or
+        mute agent), so the call ends with the failure as its reason, logged with the stack."""
+        try:
+            await work
+        except Exception as exc:
+            call_id = self.session.call_id
+            log.error("call_task_failed", call_id=call_id, task=what, error=repr(exc), exc_info=exc)
+            if not self._ended:
+                await self._end_call(call_id, f"{what} failed: {exc}")
 
     async def _run_provider(self) -> None:
         call_id = self.session.call_id
         early = self.provider.capabilities.takes_audio_during_start
         if early:  # the provider holds caller audio through its handshake itself
-            spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
+            spawn(self._essential(self._send_inbound(), "caller audio to provider"),
+                  name=f"inbound-{call_id}", owner=self._tasks)
         try:
             await self.provider.start()
         except Exception as exc:  # any failure to connect ends this call only
@@ -161,7 +174,8 @@ class Call:
             return
         self._provider_started.set()
         if not early:
-            spawn(self._send_inbound(), name=f"inbound-{call_id}", owner=self._tasks)
+            spawn(self._essential(self._send_inbound(), "caller audio to provider"),
+                  name=f"inbound-{call_id}", owner=self._tasks)
         await self._pump_provider_events()
 
     def attach(self, leg: MediaLeg) -> bool:
