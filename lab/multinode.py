@@ -25,6 +25,7 @@ Needs root, iproute2, kamailio, postgresql, sipp (scripts/setup.sh installs them
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -394,10 +395,17 @@ class Kamailio:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return re.findall(r"voiceline-lb: call (\S+) to sip:([\d.]+):\d+", text)
 
-    def refusals(self) -> list[tuple[str, str]]:
-        """(SIP Call-ID, node address) for every call a node refused or never answered."""
+    def refusals(self) -> list[tuple[str, str, int]]:
+        """(SIP Call-ID, node address, reply code) for every call a node refused (503) or
+        never answered (408, Kamailio's own timeout), each moved to the next node."""
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return re.findall(r"voiceline-lb: call (\S+) refused by sip:([\d.]+):\d+", text)
+        return [(call, addr, int(code)) for call, addr, code in
+                re.findall(r"voiceline-lb: call (\S+) refused by sip:([\d.]+):\d+ \((\d+)\)", text)]
+
+    def node_events(self) -> list[tuple[str, str]]:
+        """(node address, "up" | "down") as the dispatcher's probing saw them, in order."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return re.findall(r"voiceline-lb: node sip:([\d.]+):\d+ (up|down)", text)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -423,7 +431,14 @@ class Multinode:
         self.all_engines: list[NodeEngine] = []  # every engine process started, restarted ones too
 
     def start(self) -> Self:
-        self.work.mkdir(parents=True, exist_ok=True)
+        # Leftovers of an interrupted run first: processes in the namespaces, mounts,
+        # then the old work directory (logs are per run).
+        self.network.destroy()
+        for node in self.nodes:
+            node.unmount()
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
         self.work.chmod(0o711)  # the postgres user reaches its data directory below
         self.network.create()
         self.postgres.start()
@@ -460,8 +475,11 @@ class Multinode:
     def __enter__(self) -> Self:
         try:
             return self.start()
-        except BaseException:
-            self.stop()
+        except BaseException as exc:
+            try:
+                self.stop()
+            except MultinodeError as teardown:
+                exc.add_note(str(teardown))  # the start-up failure stays the one raised
             raise
 
     def __exit__(self, *exc: object) -> None:
@@ -483,11 +501,19 @@ class Multinode:
         return body
 
     def place_calls(self, calls: int, audio: Path, duration_s: float, rate: float, limit: int,
-                    name: str, sip_port: int = CALLER_SIP_PORT, rtp_port: int = 6000) -> labkit.LoadResult:
-        """``calls`` SIPp calls from the hub to the balancer (like labkit.place_call_load)."""
+                    name: str, sip_port: int = CALLER_SIP_PORT, rtp_port: int = 6000) -> CallsResult:
+        """``calls`` SIPp calls from the hub to the balancer, ``rate`` a second, at most
+        ``limit`` at once, each streaming ``audio`` (raw 8 kHz mu-law) and lasting
+        ``duration_s`` unless the node hangs up first. Each call uses its own RTP port,
+        counted up from ``rtp_port``."""
         work = self.work / "calls" / name
         work.mkdir(parents=True, exist_ok=True)
-        scenario = labkit._scenario_for(audio, duration_s, work)
+        shutil.copyfile(audio, work / "audio.ulaw")
+        # The lab's UAC scenario (lab/sipp/uac_pcmu.xml) with its two placeholders filled in.
+        scenario = work / "scenario.xml"
+        scenario.write_text((labkit.LAB_DIR / "sipp" / "uac_pcmu.xml").read_text()
+                            .replace("__AUDIO_FILE__", str(work / "audio.ulaw"))
+                            .replace("__DURATION_MS__", str(int(duration_s * 1000))))
         timeout = calls / rate + duration_s + 60
         cmd = in_ns(HUB, [
             "sipp", f"{HUB_ADDR}:{SIP_PORT}", "-sf", str(scenario), "-s", "stasis",
@@ -502,11 +528,45 @@ class Multinode:
         started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, check=False)
         logs = (work / "logs.log").read_text(errors="replace") if (work / "logs.log").exists() else ""
-        return labkit.LoadResult(
-            exten="stasis", returncode=proc.returncode, calls=calls,
-            successful=labkit._sipp_stat(work / "stat.csv", "SuccessfulCall(C)"),
-            failed=labkit._sipp_stat(work / "stat.csv", "FailedCall(C)"),
+        return CallsResult(
+            calls=calls, returncode=proc.returncode,
+            successful=sipp_stat(work / "stat.csv", "SuccessfulCall(C)"),
+            failed=sipp_stat(work / "stat.csv", "FailedCall(C)"),
             hangups={k: len(re.findall(rf"hangup: {k}\b", logs)) for k in ("local", "remote")},
-            call_dir=work, duration_s=time.monotonic() - started, stdout=proc.stdout, stderr=proc.stderr,
+            call_dir=work, duration_s=time.monotonic() - started, stderr=proc.stderr,
         )
+
+
+@dataclasses.dataclass
+class CallsResult:
+    """What one SIPp run through the balancer did."""
+
+    calls: int  # asked for
+    returncode: int  # 0: every call succeeded
+    successful: int  # SIPp's SuccessfulCall(C)
+    failed: int  # SIPp's FailedCall(C)
+    hangups: dict[str, int]  # "local" (the caller sent BYE) / "remote" (the node did) -> count
+    call_dir: Path
+    duration_s: float
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.successful == self.calls and self.failed == 0
+
+    def errors(self) -> str:
+        path = self.call_dir / "errors.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join((text + self.stderr).strip().splitlines()[-30:])
+
+
+def sipp_stat(path: Path, column: str) -> int:
+    """The last value of a cumulative column of SIPp's -trace_stat CSV (0 if absent)."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
+    if len(lines) < 2:
+        return 0
+    header, values = lines[0].split(";"), lines[-1].split(";")
+    if column not in header:
+        raise MultinodeError(f"SIPp statistics {path} have no column {column!r}")
+    return int(values[header.index(column)])
 
