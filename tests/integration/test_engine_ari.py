@@ -6,7 +6,7 @@ import asyncio
 
 from ari_harness import AriRig, ScriptedProvider, wait_for
 
-from voiceline.core.stream_events import FallbackRequested
+from voiceline.core.stream_events import FallbackRequested, StreamState
 from voiceline.providers import base as pb
 
 
@@ -164,13 +164,19 @@ async def test_caller_speaking_after_a_starved_turn_is_a_new_turn_not_a_barge_in
         session = rig.provider.sessions[0]
         await wait_for(lambda: call._provider_started.is_set())
         session.emit(pb.AgentStartedSpeaking())
-        session.emit(pb.AgentAudio(b"\x00\x30" * 2400))  # 0.3 s; its AgentAudioDone never comes
+        # 0.3 s and a partial frame; its AgentAudioDone never comes
+        session.emit(pb.AgentAudio(b"\x00\x30" * 2450))
         await wait_for(lambda: not call.session.audio_capture_enabled)
         await wait_for(lambda: call.session.audio_capture_enabled, timeout=3.0)
         session.emit(pb.UserStartedSpeaking())
-        await wait_for(lambda: call.stream.current_turn_id is None, timeout=3.0)
+        await wait_for(lambda: call.stream.state is StreamState.IDLE, timeout=3.0)
         assert call.session.conversation.barge_ins == 0
         assert "barge-in" not in call.session.conversation.end_reasons
+        # Closing the silent turn plays nothing more: the partial frame left in the
+        # buffer must not gate the caller again (the detector would then take the
+        # caller's question for an interruption).
+        assert call.session.audio_capture_enabled
+        assert call.session.conversation.tts_starts == 1
 
 
 async def test_fallback_files_are_deleted_when_played_and_at_call_end(tmp_path):

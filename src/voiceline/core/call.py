@@ -361,8 +361,10 @@ class Call:
         stream_playing = stream_open and (self.policy.agent_audible or stream.depth_frames > 0)
         file_playing = self._playback is not None and self._playback.playing(call_id)
         if not (stream_playing or file_playing or self.session.tts_playing):
-            if stream_open and stream.current_turn_id is not None:
-                stream.end_turn(now)  # close the silent turn; it ends 'completed'
+            if stream_open:
+                # Close the silent turn without playing its remainder (at most a partial
+                # frame): anything sent now would gate the caller's question again.
+                stream.flush(now, "completed")
             return  # nothing was playing: not an interruption
         played_ms = None
         if self.stream is not None:
