@@ -40,6 +40,7 @@ from voiceline.sim.openai_sim_schema import (
     new_id,
     session_object,
 )
+from voiceline.sim.sim_intents import FunctionModel, Intent
 from voiceline.sim.speech import SpeechDetector, synthesize_async
 
 __all__ = [
@@ -80,6 +81,7 @@ class SimConnection:
         self.session = SimSession()
         self.received: list[dict[str, Any]] = []  # client events (audio payloads elided)
         self.errors_sent: list[dict[str, Any]] = []
+        self.sent: list[dict[str, Any]] = []  # server events
         self.truncates: list[dict[str, Any]] = []
         self.cancels: list[dict[str, Any]] = []
         self.response_creates: list[dict[str, Any]] = []
@@ -96,6 +98,7 @@ class SimConnection:
         self._user_item: str | None = None
         self._new_detector()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.functions = FunctionModel()  # the simulated model's function calls (sim_intents)
 
     # names that differ between shapes
     def _name(self, ga: str, beta: str) -> str:
@@ -103,6 +106,8 @@ class SimConnection:
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", new_id("event"))
+        # Kept for tests (audio payloads elided, so long calls stay small).
+        self.sent.append({**event, "delta": ""} if event["type"].endswith("audio.delta") else json.loads(json.dumps(event)))
         if self.ws.closed:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -219,6 +224,8 @@ class SimConnection:
             await self._truncate(event, client_id)
         elif etype == "conversation.item.create":
             item = dict(event.get("item") or {})
+            if not await self._accept_item(item, client_id):
+                return
             item.setdefault("id", new_id("item"))
             await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
                              "previous_item_id": self.last_item_id, "item": item})
@@ -226,6 +233,19 @@ class SimConnection:
         else:
             await self.error("invalid_value", f"Invalid value: {etype!r}. Unsupported client event type.",
                              "type", client_id)
+
+    async def _accept_item(self, item: dict[str, Any], client_id: str | None) -> bool:
+        """What the model learns from a client item: a function's output (for the call it
+        is waiting on) or the user's text (a keypress)."""
+        kind = item.get("type")
+        if kind == "function_call_output" and not self.functions.function_output(item.get("call_id"), item.get("output")):
+            await self.error("invalid_value", "function_call_output needs the call_id of the pending "
+                             "function call and a string 'output'.", "item.call_id", client_id)
+            return False
+        if kind == "message" and item.get("role") == "user":
+            texts = [c.get("text") for c in item.get("content") or [] if c.get("type") == "input_text"]
+            self.functions.user_text = " ".join(t for t in texts if isinstance(t, str)) or self.functions.user_text
+        return True
 
     async def _truncate(self, event: dict[str, Any], client_id: str | None) -> None:
         item_id = event.get("item_id")
@@ -306,9 +326,12 @@ class SimConnection:
         await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
                          "previous_item_id": self.last_item_id, "item": item})
         self.last_item_id = item_id
+        self.functions.user_text = self.sim.user_transcript
         if self.session.transcription is not None:
+            # whisper-1 reports usage as the duration of audio transcribed.
             await self.send({"type": "conversation.item.input_audio_transcription.completed",
-                             "item_id": item_id, "content_index": 0, "transcript": self.sim.user_transcript})
+                             "item_id": item_id, "content_index": 0, "transcript": self.sim.user_transcript,
+                             "usage": {"type": "duration", "seconds": round(self._audio_ms / 1000, 3)}})
         turn = self.session.turn_detection
         if not committed_by_client and turn is not None and turn.get("create_response", True) and self.active is None:
             self._start_response()
@@ -321,60 +344,89 @@ class SimConnection:
         response.task = self._spawn(self._run_response(response))
 
     async def _run_response(self, resp: _Response) -> None:
+        declared = [str(t.get("name")) for t in self.session.tools if isinstance(t, dict)]
+        text, intent = self.functions.plan(declared, self.sim.reply_text)
+        output: list[dict[str, Any]] = []
+        try:
+            await self.send({"type": "response.created",
+                             "response": {"id": resp.id, "object": "realtime.response", "status": "in_progress",
+                                          "output": []}})
+            status, details = "completed", None
+            if text:
+                status, details = await self._speak(resp, text, output)
+            if intent is not None and status == "completed":
+                output.append(await self._call_function(resp, intent, len(output)))
+            done = {"id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
+                    "output": output}
+            self.responses_done.append(done)
+            await self.send({"type": "response.done", "response": done})
+        finally:
+            if self.active is resp:
+                self.active = None
+
+    async def _call_function(self, resp: _Response, intent: Intent, output_index: int) -> dict[str, Any]:
+        call_id = new_id("call")
+        item_id = new_id("item")
+        arguments = json.dumps(intent.arguments)
+        item = {"id": item_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
+                "name": intent.function, "call_id": call_id, "arguments": ""}
+        await self.send({"type": "response.output_item.added", "response_id": resp.id,
+                         "output_index": output_index, "item": dict(item)})
+        await self.send({"type": "response.function_call_arguments.done", "response_id": resp.id,
+                         "item_id": item_id, "output_index": output_index, "call_id": call_id,
+                         "name": intent.function, "arguments": arguments})
+        item.update(status="completed", arguments=arguments)
+        await self.send({"type": "response.output_item.done", "response_id": resp.id,
+                         "output_index": output_index, "item": dict(item)})
+        self.last_item_id = item_id
+        self.functions.pending = (call_id, intent)
+        return item
+
+    async def _speak(self, resp: _Response, text: str, output: list[dict[str, Any]]) -> tuple[str, Any]:
         names = {
             "delta": self._name("response.output_audio.delta", "response.audio.delta"),
             "done": self._name("response.output_audio.done", "response.audio.done"),
             "tdelta": self._name("response.output_audio_transcript.delta", "response.audio_transcript.delta"),
             "tdone": self._name("response.output_audio_transcript.done", "response.audio_transcript.done"),
         }
-        text = self.sim.reply_text
         base = {"response_id": resp.id, "item_id": resp.item_id, "output_index": 0, "content_index": 0}
         item = {"id": resp.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
                 "status": "in_progress", "content": []}
-        try:
-            await self.send({"type": "response.created",
-                             "response": {"id": resp.id, "object": "realtime.response", "status": "in_progress",
-                                          "output": []}})
-            await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
-                             "item": item})
-            await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
-                             "previous_item_id": self.last_item_id, "item": item})
-            self.last_item_id = resp.item_id
-            await self.send({"type": names["tdelta"], **base, "delta": text})
-            rate, _, encode = FORMATS[self.session.output_format]
-            audio = encode(await self.sim.speech(text, rate))
-            bytes_per_ms = rate / 1000 * (2 if self.session.output_format == "pcm16" else 1)
-            chunk = max(2, int(bytes_per_ms * self.sim.chunk_ms)) & ~1
-            sent = 0
-            self.item_audio_ms[resp.item_id] = 0.0
-            for offset in range(0, len(audio), chunk):
-                if resp.cancelled.is_set():
-                    break
-                piece = audio[offset : offset + chunk]
-                await self.send({"type": names["delta"], **base, "delta": base64.b64encode(piece).decode("ascii")})
-                sent += len(piece)
-                self.item_audio_ms[resp.item_id] = sent / bytes_per_ms
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(resp.cancelled.wait(), timeout=self.sim.delta_interval_s)
+        await self.send({"type": "response.output_item.added", "response_id": resp.id, "output_index": 0,
+                         "item": item})
+        await self.send({"type": self._name("conversation.item.added", "conversation.item.created"),
+                         "previous_item_id": self.last_item_id, "item": item})
+        self.last_item_id = resp.item_id
+        await self.send({"type": names["tdelta"], **base, "delta": text})
+        rate, _, encode = FORMATS[self.session.output_format]
+        audio = encode(await self.sim.speech(text, rate))
+        bytes_per_ms = rate / 1000 * (2 if self.session.output_format == "pcm16" else 1)
+        chunk = max(2, int(bytes_per_ms * self.sim.chunk_ms)) & ~1
+        sent = 0
+        self.item_audio_ms[resp.item_id] = 0.0
+        for offset in range(0, len(audio), chunk):
             if resp.cancelled.is_set():
-                status = "cancelled"
-                details: dict[str, Any] | None = {"type": "cancelled", "reason": resp.cancel_reason}
-                item["status"] = "incomplete"
-            else:
-                status, details = "completed", None
-                await self.send({"type": names["done"], **base})
-                await self.send({"type": names["tdone"], **base, "transcript": text})
-                item["status"] = "completed"
-            item["content"] = [{"type": self._name("output_audio", "audio"), "transcript": text}]
-            await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
-                             "item": item})
-            done = {"id": resp.id, "object": "realtime.response", "status": status, "status_details": details,
-                    "output": [item]}
-            self.responses_done.append(done)
-            await self.send({"type": "response.done", "response": done})
-        finally:
-            if self.active is resp:
-                self.active = None
+                break
+            piece = audio[offset : offset + chunk]
+            await self.send({"type": names["delta"], **base, "delta": base64.b64encode(piece).decode("ascii")})
+            sent += len(piece)
+            self.item_audio_ms[resp.item_id] = sent / bytes_per_ms
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(resp.cancelled.wait(), timeout=self.sim.delta_interval_s)
+        if resp.cancelled.is_set():
+            status = "cancelled"
+            details: dict[str, Any] | None = {"type": "cancelled", "reason": resp.cancel_reason}
+            item["status"] = "incomplete"
+        else:
+            status, details = "completed", None
+            await self.send({"type": names["done"], **base})
+            await self.send({"type": names["tdone"], **base, "transcript": text})
+            item["status"] = "completed"
+        item["content"] = [{"type": self._name("output_audio", "audio"), "transcript": text}]
+        await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
+                         "item": item})
+        output.append(item)
+        return status, details
 
 
 class OpenAIRealtimeSimulator:

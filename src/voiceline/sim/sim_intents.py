@@ -75,3 +75,38 @@ def reply_after(intent: Intent, content: str) -> str | None:
     if "time" in intent.function.lower():
         return TIME_LINE.format(time=result.get("time", "unknown"))
     return DONE_LINE
+
+
+class FunctionModel:
+    """A simulator's conversation state for function calls: what the caller last said
+    (not yet answered), the call waiting for its output, and every call made."""
+
+    def __init__(self) -> None:
+        self.user_text: str | None = None
+        self.pending: tuple[str, Intent] | None = None
+        self.output: tuple[Intent, str] | None = None
+        self.calls: list[dict[str, Any]] = []
+
+    def function_output(self, call_id: Any, output: Any) -> bool:
+        """A client's output for a call; False when it answers no pending call."""
+        if self.pending is None or call_id != self.pending[0] or not isinstance(output, str):
+            return False
+        intent = self.pending[1]
+        self.pending = None
+        self.output = (intent, output)
+        self.calls.append({"name": intent.function, "call_id": call_id, "output": output})
+        return True
+
+    def plan(self, declared: Iterable[str], default_reply: str) -> tuple[str | None, Intent | None]:
+        """(what to say, which function to call) for the next response."""
+        if self.output is not None:
+            intent, output = self.output
+            self.output = None
+            return reply_after(intent, output), None
+        text, self.user_text = self.user_text, None
+        if text is None:
+            return default_reply, None
+        intent = choose_intent(text, declared)
+        if intent is not None:
+            return intent.say_before, intent
+        return keypress_reply(text) or default_reply, None
