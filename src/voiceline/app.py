@@ -197,6 +197,7 @@ class App:
             s = call.session
             calls.append({
                 "call_id": s.call_id,
+                "caller_id": s.caller_id,
                 "provider": s.provider_name,
                 "state": s.state.value,
                 "codec": s.codec_info(),

@@ -121,7 +121,7 @@ def test_console_in_a_browser_during_and_after_a_lab_call(asterisk, engine, tmp_
         started = time.monotonic()
         dom = browser.dom(with_token("/console/live"))
         cells = live_row(dom, call_id)
-        assert cells[2:4] == ["echo", "active"], cells
+        assert cells[1:4] == ["sipp", "echo", "active"], cells  # caller id as SIPp sends it
         assert re.fullmatch(r"\d+", cells[5]) and re.fullmatch(r"\d+", cells[6]), cells  # depth, barge-ins
         polls = re.search(r'data-polls="(\d+)"', dom)
         assert polls and int(polls.group(1)) >= 1, "the live page's script did not poll"
