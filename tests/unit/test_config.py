@@ -211,3 +211,17 @@ def test_shipped_file_lists_every_key():
     # The shipped file is the operator's reference: every field of the contract is in it.
     written = yaml.safe_load(SHIPPED.read_text())
     assert _missing_keys(Settings, written) == []
+
+
+def test_rate_choices_in_the_config_are_the_ones_the_engine_supports():
+    """The config may not import the audio package (layers), so its rate choices are
+    literals: they must stay equal to the tables the engine actually uses."""
+    from typing import get_args
+
+    from voiceline.audio.formats import SLIN_RATES
+    from voiceline.audio.vad import VAD_RATES
+    from voiceline.config.engine import AudioSocketSettings
+    from voiceline.config.local_agent import LocalProviderSettings
+
+    assert set(get_args(AudioSocketSettings.model_fields["sample_rate"].annotation)) == set(SLIN_RATES)
+    assert set(get_args(LocalProviderSettings.model_fields["sample_rate"].annotation)) == set(VAD_RATES)
