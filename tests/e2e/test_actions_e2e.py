@@ -71,3 +71,101 @@ def test_deepgram_caller_asks_for_the_operator_and_lands_on_the_lab_extension(
     url = history_url(tmp_path)
     record = wait_until(lambda: history_rows(url).get(call_id), 15, "the call's history record")
     assert record["end_reason"].startswith("transferred")
+
+
+# ---- OpenAI Realtime simulator through the lab ------------------------------------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+import pytest  # noqa: E402
+from conftest import REPO, free_port  # noqa: E402
+
+HTTP_ACTIONS = "      http: []                 # [{name, description, parameters, url, headers, timeout_s, max_response_bytes}]"
+GREETING = "Thank you for calling the test line. " * 4
+
+
+class _TimeService(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _TimeService.requests.append(json.loads(body or b"{}"))
+        reply = json.dumps({"time": "10:42"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args) -> None:
+        return
+
+
+@pytest.fixture
+def time_service():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TimeService)
+    _TimeService.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/time"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def openai_sim(tmp_path):
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> tuple[str, object]:
+        port = free_port()
+        log_path = tmp_path / f"openai-sim-{port}.log"
+        proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "voiceline.sim.openai_sim", "--port", str(port), *args],
+            cwd=REPO, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        wait_until(lambda: "listening" in log_path.read_text() or proc.poll() is not None, 15, "the simulator")
+        assert proc.poll() is None, log_path.read_text()
+        return f"ws://127.0.0.1:{port}/v1/realtime", log_path
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_openai_realtime_greets_is_interrupted_and_answers_with_an_http_function(
+        swept_asterisk, engine, openai_sim, time_service, tmp_path):
+    url, sim_log = openai_sim("--reply", GREETING, "--transcript", "What time is it?")
+    config = derived_config(tmp_path, {
+        "    greeting: null\n    audio_format: g711_ulaw": '    greeting: "Hello."\n    audio_format: g711_ulaw',
+        HTTP_ACTIONS: f"      http: [{{name: get_time, description: the time now, url: '{time_service}'}}]",
+    })
+    proc = engine(mode="ari", provider="openai_realtime", config=config,
+                  OPENAI_REALTIME_URL=url, OPENAI_API_KEY="sk-sim")
+    # The caller talks over the greeting: barge-in; what the simulator "hears" is its transcript.
+    audio = _caller_audio(tmp_path, "What time is it?", at_s=2.5, total_s=12.0)
+    result = labkit.place_call("stasis", audio, duration_s=12.0)
+    assert result.ok, result.errors()
+
+    call_id = proc.wait_for("call_started")[0]["call_id"]
+    barge_in = proc.wait_for("barge_in", call_id=call_id)[0]
+    interrupt = proc.wait_for("openai_realtime.interrupt")[0]
+    assert "conversation.item.truncate" in interrupt["sent"]
+    truncates = re.findall(r"sim truncate\s+accepted=(\w+) audio_end_ms=(\d+)", sim_log.read_text())
+    assert truncates and truncates[0][0] == "True", sim_log.read_text()[-2000:]
+    # Truncated at the millisecond the caller had heard (the simulator delivers faster
+    # than real time, so its item holds more audio than that).
+    assert int(truncates[0][1]) == int(barge_in["played_ms"])
+    function_call = proc.wait_for("function_call", function="get_time")[0]
+    assert function_call["ok"] and function_call["delivered"]
+    assert _TimeService.requests == [{"zone": "UTC"}]
+    said = [t["text"] for t in proc.events("transcript", call_id=call_id, role="assistant")]
+    assert "It is 10:42 right now." in said, said
+    proc.wait_for("call_ended", call_id=call_id, timeout=20)
+    assert_nothing_left_in_asterisk(swept_asterisk)

@@ -222,6 +222,7 @@ class SimConnection:
                 active.cancelled.set()
         elif etype == "conversation.item.truncate":
             await self._truncate(event, client_id)
+            log.info("sim truncate", **self.truncates[-1])
         elif etype == "conversation.item.create":
             item = dict(event.get("item") or {})
             if not await self._accept_item(item, client_id):
