@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from voiceline.config.actions import ActionsSettings
+from voiceline.config.actions import FUNCTION_NAME, ActionsSettings
 from voiceline.config.base import Strict
 
 # The VAD works on 20 ms frames: shorter onsets or pauses cannot be told apart.
@@ -20,7 +20,11 @@ class LocalScriptRule(Strict):
     expressions written ``re:<pattern>``. The rule fires when any entry matches."""
 
     match: list[str] = Field(min_length=1, description="keywords (word* = any ending) or re:REGEX")
-    reply: str = Field(min_length=1)
+    reply: str = Field(min_length=1, description=r"for a re: entry, \1 or \g<name> insert what its group matched")
+    function: str | None = Field(
+        None, pattern=FUNCTION_NAME,
+        description="called after the reply was said, if offered (providers.local.actions), e.g. hangup",
+    )
 
 
 DEFAULT_GREETING = "Hello, this is the voiceline demo agent. How can I help you?"
@@ -39,6 +43,8 @@ DEFAULT_SYSTEM_PROMPT = (
 # order matters: "where are you open" (a common mishearing of "when are you open")
 # is answered with the opening hours.
 DEFAULT_RULES: tuple[LocalScriptRule, ...] = (
+    # A keypress, as providers.local.actions.dtmf.template tells it.
+    LocalScriptRule(match=[r"re:\bpressed (\S) on the phone keypad\b"], reply=r"You pressed \1."),
     LocalScriptRule(
         match=["hour*", "open*", "clos*", "what time", "business hours", "monday", "weekend*", "sunday"],
         reply="We are open from nine to five, Monday to Friday. We are closed on weekends.",
@@ -58,7 +64,7 @@ DEFAULT_RULES: tuple[LocalScriptRule, ...] = (
         ),
     ),
     LocalScriptRule(match=["thank*"], reply="You are welcome. Is there anything else I can help you with?"),
-    LocalScriptRule(match=["bye", "goodbye", "good bye"], reply="Goodbye! Thank you for calling."),
+    LocalScriptRule(match=["bye", "goodbye", "good bye"], reply="Goodbye! Thank you for calling.", function="hangup"),
     LocalScriptRule(
         match=["hello", "hi", "hey"], reply="Hello! You can ask me about our opening hours or our address."
     ),

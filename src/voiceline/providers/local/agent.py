@@ -30,7 +30,8 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from dataclasses import dataclass
 
 import structlog
@@ -42,6 +43,7 @@ from voiceline.providers.base import (
     AgentAudioDone,
     AgentStartedSpeaking,
     CallContext,
+    FunctionCallRequest,
     Provider,
     ProviderCapabilities,
     ProviderClosed,
@@ -50,6 +52,7 @@ from voiceline.providers.base import (
     Transcript,
     UserStartedSpeaking,
 )
+from voiceline.providers.functions import dtmf_text, function_definitions
 from voiceline.providers.local.llm import (
     LLMError,
     OpenAICompatibleLLM,
@@ -163,6 +166,9 @@ class LocalAgentSession(ProviderSession):
         self._deaf = False  # set when the recognizer died
         self._log = log.bind(call_id=ctx.call_id)
         self.turn_timings: list[TurnTimings] = []  # answered turns, oldest first
+        # Functions the script may call (providers.local.actions); requests are numbered.
+        self._offered = {f["name"] for f in function_definitions(settings.actions)}
+        self._function_seq = 0
 
     # ---- ProviderSession ---------------------------------------------------------
 
@@ -321,10 +327,7 @@ class LocalAgentSession(ProviderSession):
                 "no words recognised in the caller's utterance", stt_ms=timings.stt_ms
             )
             return
-        self._emit(Transcript("user", text))
-        prior = list(self._history)
-        self._history.append({"role": "user", "content": text})
-        await self._speak(turn_id, self._llm.reply(prior, text), timings)
+        await self._reply(turn_id, text, timings)
         self.turn_timings.append(timings)
         self._log.info(
             "local agent answered",
@@ -333,6 +336,41 @@ class LocalAgentSession(ProviderSession):
             tts_ms=timings.tts_ms,
             end_of_utterance_to_audio_ms=timings.total_ms,
         )
+
+    async def _reply(self, turn_id: int, text: str, timings: TurnTimings) -> None:
+        """Answer what the caller said (or a keypress told as text); then call the
+        function the reply generator names for it, if it is offered (actions)."""
+        self._emit(Transcript("user", text))
+        prior = list(self._history)
+        self._history.append({"role": "user", "content": text})
+        await self._speak(turn_id, self._llm.reply(prior, text), timings)
+        function_for = getattr(self._llm, "function_for", None)
+        function = function_for(text) if function_for is not None else None
+        if function is not None and turn_id == self._active_turn:
+            if function in self._offered:
+                self._function_seq += 1
+                self._emit(FunctionCallRequest(call_id=f"local-{self._function_seq}", name=function))
+            else:
+                self._log.info("scripted function not offered; not called", function=function)
+
+    async def _answer_keypress(self, text: str, turn_id: int) -> None:
+        await self._reply(turn_id, text, TurnTimings(utterance_end=self._clock(), transcript=self._clock()))
+
+    async def send_dtmf(self, digit: str) -> None:
+        """A keypress is answered like words (``actions.dtmf.template``), by the script's rules."""
+        text = dtmf_text(self.settings.actions, digit)
+        if text is None or not self._started or self._closed:
+            return
+        self._begin_turn(functools.partial(self._answer_keypress, text))
+
+    async def send_function_result(self, call_id: str, result: Mapping[str, Any]) -> bool:
+        """The scripted agent already said its line; a failed function gets the apology."""
+        if self._closed:
+            return False
+        if "error" in result:
+            self._log.warning("function failed; apologising", function_call=call_id, error=result["error"])
+            self._begin_turn(functools.partial(self._greet, self.settings.apology))
+        return True
 
     async def _speak(
         self, turn_id: int, sentences: AsyncIterator[str], timings: TurnTimings

@@ -159,12 +159,14 @@ def _compile_entry(entry: str) -> re.Pattern[str]:
 
 
 class ScriptedLLM:
-    """Keyword/regex rules: the first rule with a matching entry gives the reply."""
+    """Keyword/regex rules: the first rule with a matching entry gives the reply (a
+    ``re:`` entry's groups can be put into it: ``\\1``), and the rule's function, if any,
+    is what the agent calls after saying it (``function_for``). Stateless: shared by calls."""
 
     def __init__(
         self, rules: Sequence[LocalScriptRule], fallback_reply: str = DEFAULT_FALLBACK_REPLY
     ) -> None:
-        self._rules: list[tuple[list[re.Pattern[str]], str]] = []
+        self._rules: list[tuple[list[re.Pattern[str]], str, str | None]] = []
         for i, rule in enumerate(rules):
             if not rule.match:
                 raise ValueError(f"llm.rules[{i}].match is empty")
@@ -178,14 +180,23 @@ class ScriptedLLM:
                     raise ValueError(
                         f"llm.rules[{i}].match[{j}]: {entry!r} is not a valid entry: {exc}"
                     ) from exc
-            self._rules.append((patterns, rule.reply))
+            self._rules.append((patterns, rule.reply, rule.function))
         self.fallback_reply = fallback_reply
 
+    def _rule(self, text: str) -> tuple[str, str | None]:
+        for patterns, reply, function in self._rules:
+            for pattern in patterns:
+                m = pattern.search(text)
+                if m is not None:
+                    return (m.expand(reply) if m.re.groups else reply), function
+        return self.fallback_reply, None
+
     def match(self, text: str) -> str:
-        for patterns, reply in self._rules:
-            if any(p.search(text) for p in patterns):
-                return reply
-        return self.fallback_reply
+        return self._rule(text)[0]
+
+    def function_for(self, text: str) -> str | None:
+        """The function the rule answering ``text`` calls after its reply, if any."""
+        return self._rule(text)[1]
 
     async def reply(
         self, history: Sequence[Message], user_text: str
