@@ -18,6 +18,12 @@ if ((${#need_pkgs[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
+# The lab runs its own Kamailio inside a network namespace; where init starts packaged
+# services, the Kamailio just installed would take the lab Asterisk's SIP port 5060.
+if [[ " ${need_pkgs[*]:-} " == *" kamailio "* ]] && [ -d /run/systemd/system ]; then
+  echo "setup: disabling the kamailio system service just installed (the lab starts its own)"
+  systemctl disable --now kamailio
+fi
 
 # Prefer the python3 on PATH when it is new enough, else Debian's.
 PY=python3
