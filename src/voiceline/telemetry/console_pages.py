@@ -21,6 +21,8 @@ from datetime import date
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from voiceline.telemetry.report import flatten_for_display
+
 __all__ = [
     "CONSOLE_CSS",
     "LIVE_JS",
@@ -237,7 +239,7 @@ def render_message(title: str, message: str, *, section: str = "") -> str:
 
 
 def _kv_table(values: Mapping[str, Any], css_id: str) -> str:
-    rows = _flatten(values)
+    rows = flatten_for_display(values)
     if not rows:
         return '<p class="empty">none recorded</p>'
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
@@ -325,20 +327,6 @@ def _one_line(value: Any, limit: int) -> str | None:
         return None
     text = " ".join(str(value).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
-    if isinstance(value, Mapping):
-        rows: list[tuple[str, str]] = []
-        for key, item in value.items():
-            rows.extend(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return rows
-    if isinstance(value, float):
-        return [(prefix, f"{value:.3f}".rstrip("0").rstrip("."))]
-    if isinstance(value, (list, tuple)):
-        shown = json.dumps(list(value[:20]), default=str)
-        return [(prefix, shown + (f" … ({len(value)} values)" if len(value) > 20 else ""))]
-    return [(prefix, "" if value is None else str(value))]
 
 
 # ---- static assets -------------------------------------------------------------------------

@@ -359,11 +359,12 @@ def _svg(scene: _Scene) -> str:
     return "\n".join(parts)
 
 
-def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+def flatten_for_display(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested metrics as (dotted key, display text) rows: floats to 3 decimals, long lists cut."""
     if isinstance(value, Mapping):
         rows: list[tuple[str, str]] = []
         for key, item in value.items():
-            rows.extend(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+            rows.extend(flatten_for_display(item, f"{prefix}.{key}" if prefix else str(key)))
         return rows
     if isinstance(value, float):
         return [(prefix, f"{value:.3f}".rstrip("0").rstrip("."))]
@@ -418,7 +419,7 @@ def _write_html(record: Mapping[str, Any], scene: _Scene, html_path: str | Path)
     call_id = html.escape(str(record.get("call_id", "?")))
     summary = {k: record.get(k) for k in ("call_id", "started_at", "ended_at", "duration_s", "mode", "provider",
                                           "end_reason", "caller_id", "tuning_hint")}
-    rows = _flatten(summary) + _flatten(record.get("metrics") or {}, "metrics")
+    rows = flatten_for_display(summary) + flatten_for_display(record.get("metrics") or {}, "metrics")
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     transcript = _transcript_lines(record.get("transcript"))
     transcript_html = (
