@@ -324,6 +324,14 @@ exten => operator,1,NoOp(voiceline: \${CHANNEL} transferred to the operator)
  same => n,Wait(4)
  same => n,StopPlaytones()
  same => n,Hangup()
+
+; A caller that presses keys, for tests (no SIP phone needed):
+;   channel originate Local/stasis@voiceline extension keypad-caller@voiceline
+; its other half enters Stasis as the call; this half sends 5 after 4 s, then waits.
+exten => keypad-caller,1,Wait(4)
+ same => n,SendDTMF(5)
+ same => n,Wait(8)
+ same => n,Hangup()
 CONF
 
 log "configured $ETC (ARI user $LAB_ARI_USER, AudioSocket port $LAB_AUDIOSOCKET_PORT, playback: ${PLAYBACK_SOUND:-Echo})"

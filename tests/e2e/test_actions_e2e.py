@@ -169,3 +169,46 @@ def test_openai_realtime_greets_is_interrupted_and_answers_with_an_http_function
     assert "It is 10:42 right now." in said, said
     proc.wait_for("call_ended", call_id=call_id, timeout=20)
     assert_nothing_left_in_asterisk(swept_asterisk)
+
+
+# ---- the local agent ---------------------------------------------------------------------
+
+HANGUP_ACTION = "      hangup: {enabled: false, description: null}"
+
+
+def test_local_agent_answers_a_pressed_digit(swept_asterisk, engine):
+    proc = engine(mode="ari", provider="local")
+    # A Local channel pair: one half enters Stasis as the call, the other sends DTMF 5.
+    swept_asterisk.cli("channel originate Local/stasis@voiceline extension keypad-caller@voiceline")
+    call_id = proc.wait_for("call_started")[0]["call_id"]
+    proc.wait_for("transcript", call_id=call_id, role="assistant", text="You pressed 5.", timeout=20)
+    # One digit, delivered once (ARI ChannelDtmfReceived and the media leg must not both count it).
+    assert [e["digit"] for e in proc.events("dtmf", call_id=call_id)] == ["5"]
+    proc.wait_for("call_ended", call_id=call_id, timeout=20)
+    assert_nothing_left_in_asterisk(swept_asterisk)
+
+
+def test_local_agent_hangs_up_after_its_goodbye(swept_asterisk, engine, tmp_path):
+    config = derived_config(tmp_path, {HANGUP_ACTION: "      hangup: {enabled: true, description: null}"})
+    proc = engine(mode="ari", provider="local", config=config)
+    audio = _caller_audio(tmp_path, "Goodbye.", at_s=5.0, total_s=25.0)
+    result = labkit.place_call("stasis", audio, duration_s=25.0)
+    assert result.ok, result.errors()
+
+    call_id = proc.wait_for("call_started")[0]["call_id"]
+    proc.wait_for("transcript", call_id=call_id, role="assistant", text="Goodbye! Thank you for calling.")
+    function_call = proc.wait_for("function_call", function="hangup")[0]
+    assert function_call["ok"] and function_call["delivered"]
+    assert proc.wait_for("call_ended", call_id=call_id)[0]["reason"] == "hangup by agent"
+    # The engine hung up, well before the caller would have, after the goodbye was heard:
+    # the caller received speech after its own words ended, and the call ended within
+    # the settle time after that speech.
+    assert result.hangup == "remote" and result.duration_s < 20
+    x = np.asarray(result.received.samples, dtype=float)
+    windows = np.array([np.sqrt(np.mean(x[i:i + 800] ** 2)) for i in range(0, len(x) - 800, 800)])
+    loud = np.flatnonzero(windows > 300)
+    words_end_s = 5.0 + 1.0
+    assert (loud > words_end_s * 10).sum() >= 10, "the caller did not hear the goodbye"
+    last_speech_s = loud[-1] / 10
+    assert len(windows) / 10 - last_speech_s < 3.0, "the call went on long after the goodbye"
+    assert_nothing_left_in_asterisk(swept_asterisk)

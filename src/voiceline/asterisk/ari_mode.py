@@ -116,7 +116,9 @@ class AriMode:
             log.warning("audiosocket_unexpected_uuid", uuid=conn_uuid, peer=connection.peer[0])
             self._metrics.audiosocket_refused("unknown-uuid")
             return None
-        leg = attach_leg(call, connection)
+        # Keys come from ARI (ChannelDtmfReceived on the caller's channel); the bridge
+        # also copies them to the media leg as 0x03 frames, which would count them twice.
+        leg = attach_leg(call, connection, forward_dtmf=False)
         if leg is not None:
             call.session.state = CallState.ACTIVE
         return leg

@@ -27,13 +27,15 @@ log = structlog.get_logger("voiceline.audiosocket_mode")
 class AudioSocketLeg:
     """``MediaLeg`` over an AudioSocket connection; also the connection's handler."""
 
-    __slots__ = ("_call", "_connection", "_kind", "_rate")
+    __slots__ = ("_call", "_connection", "_forward_dtmf", "_kind", "_rate")
 
-    def __init__(self, connection: AudioSocketConnection, call: Call, sample_rate: int) -> None:
+    def __init__(self, connection: AudioSocketConnection, call: Call, sample_rate: int,
+                 forward_dtmf: bool = True) -> None:
         self._connection = connection
         self._call = call
         self._rate = sample_rate
         self._kind = slin_kind_for_rate(sample_rate)
+        self._forward_dtmf = forward_dtmf
 
     # ---- MediaLeg
     @property
@@ -61,7 +63,8 @@ class AudioSocketLeg:
         self._call.on_caller_audio(frame.payload, frame.sample_rate)
 
     def on_dtmf(self, digit: str) -> None:
-        self._call.on_dtmf(digit)
+        if self._forward_dtmf:
+            self._call.on_dtmf(digit)
 
     def on_error_frame(self, code: int | None) -> None:
         self._call.on_media_error(code)
@@ -70,9 +73,10 @@ class AudioSocketLeg:
         self._call.on_media_closed(reason)
 
 
-def attach_leg(call: Call, connection: AudioSocketConnection) -> AudioSocketLeg | None:
-    """Attach ``connection`` to ``call`` as its media leg; None if the call already ended."""
-    leg = AudioSocketLeg(connection, call, call.wire_format.sample_rate)
+def attach_leg(call: Call, connection: AudioSocketConnection, *, forward_dtmf: bool = True) -> AudioSocketLeg | None:
+    """Attach ``connection`` to ``call`` as its media leg; None if the call already ended.
+    ``forward_dtmf`` False: the leg's DTMF frames are dropped (the mode hears keys another way)."""
+    leg = AudioSocketLeg(connection, call, call.wire_format.sample_rate, forward_dtmf)
     return leg if call.attach(leg) else None
 
 
