@@ -37,6 +37,8 @@ DEFAULT_RESPONSES: dict[tuple[str, str], tuple[int, Any]] = {
     ("GET", "/ari/channels/{channelId}/variable"): (200, {"value": "42"}),
     ("POST", "/ari/channels/{channelId}/variable"): (204, None),
     ("POST", "/ari/channels/{channelId}/continue"): (204, None),
+    ("POST", "/ari/channels/{channelId}/dtmf"): (204, None),
+    ("POST", "/ari/channels/{channelId}/redirect"): (204, None),
     ("GET", "/ari/channels"): (200, [{"id": "chan-1", "name": "PJSIP/alice-1", "state": "Up"}]),
     ("GET", "/ari/bridges"): (200, [{"id": "br-7", "bridge_type": "mixing", "channels": ["chan-1", "media-1"]}]),
 }

@@ -1,14 +1,16 @@
 """Telephony actions of an ari-mode call (``core.actions.CallActions``).
 
 ``transfer`` sends the caller's channel out of our Stasis app to a dialplan place (ARI
-``continue``); Asterisk takes it out of the call's bridge, and the call then ends with
-reason ``transferred to ...``: the engine's leg (externalMedia channel, bridge) is
-released, the caller's channel is left alone (the dialplan owns it now).
+``continue``) or to an endpoint (ARI ``redirect``); Asterisk takes it out of the call's
+bridge, and the call then ends with reason ``transferred to ...``: the engine's leg
+(externalMedia channel, bridge) is released, the caller's channel is left alone (the
+dialplan owns it now). ``send_dtmf`` plays digits on the caller's channel.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,16 +43,18 @@ class AriCallActions:
 
     async def transfer(self, target: TransferTo) -> None:
         channel_id = self._channel()
-        if target.endpoint is not None:
-            raise ActionError("transfer to an endpoint is not supported in this version; use a dialplan extension")
         resources = self._mode.resources(self._call_id)
         assert resources is not None
         # Marked first: the caller's StasisEnd may arrive before continue() returns.
         resources.transfer_to = target
+        ari = self._mode.ari
         try:
-            found = await self._mode.ari.continue_in_dialplan(
-                channel_id, context=target.context, extension=target.extension, priority=target.priority
-            )
+            if target.endpoint is not None:
+                found = await ari.redirect(channel_id, target.endpoint)
+            else:
+                found = await ari.continue_in_dialplan(
+                    channel_id, context=target.context, extension=target.extension, priority=target.priority
+                )
         except AriError as exc:
             resources.transfer_to = None
             raise ActionError(f"Asterisk refused the transfer ({exc.status})") from None
@@ -61,7 +65,12 @@ class AriCallActions:
         await self._mode.engine.end_call(self._call_id, transfer_reason(target))
 
     async def send_dtmf(self, digits: str) -> None:
-        raise ActionError("sending DTMF is not supported in this version")
+        try:
+            found = await self._mode.ari.send_dtmf(self._channel(), digits)
+        except AriError as exc:
+            raise ActionError(f"Asterisk refused the DTMF ({exc.status})") from None
+        if not found:
+            raise ActionError("the caller's channel is gone")
 
     async def call_info(self, variables: Sequence[str]) -> dict[str, Any]:
         channel_id = self._channel()

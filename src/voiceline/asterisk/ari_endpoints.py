@@ -83,6 +83,8 @@ CHANNEL_VARIABLE_SET = AriEndpoint(
 CHANNEL_CONTINUE = AriEndpoint(
     "POST", "/channels/{channelId}/continue", query_optional=frozenset({"context", "extension", "priority"})
 )
+CHANNEL_DTMF = AriEndpoint("POST", "/channels/{channelId}/dtmf", query_always=frozenset({"dtmf"}))
+CHANNEL_REDIRECT = AriEndpoint("POST", "/channels/{channelId}/redirect", query_always=frozenset({"endpoint"}))
 CHANNELS_LIST = AriEndpoint("GET", "/channels")
 BRIDGES_LIST = AriEndpoint("GET", "/bridges")
 
@@ -100,6 +102,8 @@ REST_ENDPOINTS: tuple[AriEndpoint, ...] = (
     CHANNEL_VARIABLE_GET,
     CHANNEL_VARIABLE_SET,
     CHANNEL_CONTINUE,
+    CHANNEL_DTMF,
+    CHANNEL_REDIRECT,
     CHANNELS_LIST,
     BRIDGES_LIST,
 )

@@ -23,6 +23,8 @@ from voiceline.asterisk.ari_endpoints import (
     CHANNELS_LIST,
     CHANNEL_ANSWER,
     CHANNEL_CONTINUE,
+    CHANNEL_DTMF,
+    CHANNEL_REDIRECT,
     CHANNEL_EXTERNAL_MEDIA,
     CHANNEL_HANGUP,
     CHANNEL_PLAY,
@@ -186,6 +188,21 @@ class AriRestCalls:
             query["priority"] = str(priority)
         found = await self._call(
             CHANNEL_CONTINUE, path_params={"channelId": channel_id}, query=query, not_found_ok=True
+        )
+        return found is not _NOT_FOUND
+
+    async def send_dtmf(self, channel_id: str, digits: str) -> bool:
+        """Play DTMF ``digits`` on the channel (towards its far end); False when it is gone (404)."""
+        found = await self._call(
+            CHANNEL_DTMF, path_params={"channelId": channel_id}, query={"dtmf": digits}, not_found_ok=True
+        )
+        return found is not _NOT_FOUND
+
+    async def redirect(self, channel_id: str, endpoint: str) -> bool:
+        """Redirect the channel to ``endpoint`` (e.g. ``PJSIP/100``; the channel driver moves
+        the call, a SIP 302 for PJSIP). False when the channel is gone (404)."""
+        found = await self._call(
+            CHANNEL_REDIRECT, path_params={"channelId": channel_id}, query={"endpoint": endpoint}, not_found_ok=True
         )
         return found is not _NOT_FOUND
 
