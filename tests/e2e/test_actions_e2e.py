@@ -212,3 +212,46 @@ def test_local_agent_hangs_up_after_its_goodbye(swept_asterisk, engine, tmp_path
     last_speech_s = loud[-1] / 10
     assert len(windows) / 10 - last_speech_s < 3.0, "the call went on long after the goodbye"
     assert_nothing_left_in_asterisk(swept_asterisk)
+
+
+class _GarbageService(_TimeService):
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        reply = b"<html>502 upstream</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+
+def test_deepgram_function_returning_garbage_gets_an_apology_and_the_call_goes_on(
+        swept_asterisk, engine, deepgram_sim, tmp_path):
+    from voiceline.sim.sim_intents import APOLOGY
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GarbageService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = deepgram_sim("--speed", "1.5") + "?transcript=What+time+is+it"
+        service = f"http://127.0.0.1:{server.server_address[1]}/time"
+        config = derived_config(tmp_path, {HTTP_ACTIONS: f"      http: [{{name: get_time, url: '{service}'}}]"})
+        proc = engine(mode="ari", provider="deepgram", config=config, DEEPGRAM_URL=url, DEEPGRAM_API_KEY="sim-key")
+        audio = _caller_audio(tmp_path, "What time is it?", at_s=3.0, total_s=13.0)
+        result = labkit.place_call("stasis", audio, duration_s=13.0)
+        assert result.ok, result.errors()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    call_id = proc.wait_for("call_started")[0]["call_id"]
+    function_call = proc.wait_for("function_call", function="get_time")[0]
+    assert not function_call["ok"] and "not JSON" in function_call["error"] and function_call["delivered"]
+    said = [t["text"] for t in proc.events("transcript", call_id=call_id, role="assistant")]
+    assert APOLOGY in said, said
+    # The caller heard the apology (speech after its question) and hung up itself.
+    x = np.asarray(result.received.samples, dtype=float)
+    windows = np.array([np.sqrt(np.mean(x[i:i + 800] ** 2)) for i in range(0, len(x) - 800, 800)])
+    assert (windows[int(5.5 * 10):] > 300).sum() >= 15, "the caller did not hear the apology"
+    assert result.hangup == "local"
+    assert not proc.wait_for("call_ended", call_id=call_id)[0]["reason"].startswith(("hangup", "provider"))
+    assert_nothing_left_in_asterisk(swept_asterisk)
