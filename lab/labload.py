@@ -29,11 +29,11 @@ from labkit import (
     SIPP_SIP_PORT,
     CallResult,
     LabError,
-    _need,
-    _run_tool,
-    _tail,
-    _ulaw_out,
+    need_tool,
     place_call,
+    run_tool,
+    tail_lines,
+    ulaw_out_args,
 )
 
 
@@ -59,7 +59,7 @@ class LoadResult:
     def errors(self) -> str:
         path = self.call_dir / "errors.log"
         text = path.read_text(errors="replace") if path.exists() else ""
-        return _tail(text + self.stderr, 30)
+        return tail_lines(text + self.stderr, 30)
 
 
 def _scenario_for(audio_path: str | os.PathLike[str], duration_s: float, work: Path) -> Path:
@@ -69,7 +69,7 @@ def _scenario_for(audio_path: str | os.PathLike[str], duration_s: float, work: P
     if src.suffix.lower() in (".ulaw", ".ul", ".pcmu", ".mulaw", ".raw"):
         shutil.copyfile(src, ulaw)
     else:
-        _run_tool([_need("sox"), str(src)] + _ulaw_out(ulaw))
+        run_tool([need_tool("sox"), str(src)] + ulaw_out_args(ulaw))
     xml = (LAB_DIR / "sipp" / "uac_pcmu.xml").read_text()
     xml = xml.replace("__AUDIO_FILE__", str(ulaw)).replace("__DURATION_MS__", str(int(duration_s * 1000)))
     scenario = work / "scenario.xml"
@@ -120,7 +120,7 @@ def place_call_load(
     expected_s = calls / rate + duration_s
     run_timeout = timeout_s if timeout_s is not None else expected_s * 2 + 30
     cmd = [
-        _need("sipp"), f"127.0.0.1:{SIP_PORT}",
+        need_tool("sipp"), f"127.0.0.1:{SIP_PORT}",
         "-sf", str(scenario), "-s", exten,
         "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000", "-l", str(limit),
         "-i", "127.0.0.1", "-p", str(sip_port), "-mi", "127.0.0.1", "-mp", str(rtp_port),
