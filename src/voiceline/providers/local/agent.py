@@ -28,6 +28,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -52,12 +53,13 @@ from voiceline.providers.base import (
     Transcript,
     UserStartedSpeaking,
 )
-from voiceline.providers.functions import dtmf_text, function_definitions
+from voiceline.providers.functions import dtmf_text, function_definitions, result_text
 from voiceline.providers.local.llm import (
     LLMError,
     OpenAICompatibleLLM,
     ReplyGenerator,
     ScriptedLLM,
+    ToolCall,
     split_sentences,
 )
 from voiceline.providers.local.stt import (
@@ -157,7 +159,7 @@ class LocalAgentSession(ProviderSession):
         self._llm = llm
         self._tts = tts
         self._clock = clock
-        self._history: list[dict[str, str]] = []
+        self._history: list[dict[str, Any]] = []
         self._turn: asyncio.Task[None] | None = None
         self._turn_seq = 0
         self._active_turn = 0  # the only turn allowed to emit agent audio; 0 = none
@@ -169,6 +171,7 @@ class LocalAgentSession(ProviderSession):
         # Functions the script may call (providers.local.actions); requests are numbered.
         self._offered = {f["name"] for f in function_definitions(settings.actions)}
         self._function_seq = 0
+        self._pending_tools: dict[str, str] = {}  # LLM tool call id -> name, not answered yet
 
     # ---- ProviderSession ---------------------------------------------------------
 
@@ -219,7 +222,7 @@ class LocalAgentSession(ProviderSession):
         self._emit(ProviderClosed(reason))
 
     @property
-    def history(self) -> list[dict[str, str]]:
+    def history(self) -> list[dict[str, Any]]:
         """The conversation so far as chat messages (what the LLM sees)."""
         return list(self._history)
 
@@ -337,21 +340,50 @@ class LocalAgentSession(ProviderSession):
             end_of_utterance_to_audio_ms=timings.total_ms,
         )
 
-    async def _reply(self, turn_id: int, text: str, timings: TurnTimings) -> None:
-        """Answer what the caller said (or a keypress told as text); then call the
-        function the reply generator names for it, if it is offered (actions)."""
-        self._emit(Transcript("user", text))
+    async def _reply(self, turn_id: int, text: str | None, timings: TurnTimings) -> None:
+        """Answer what the caller said (or a keypress told as text; None: go on after
+        function results); then the functions the model called (LLM ``tool_calls``), or
+        the one the script's rule names, if offered (actions)."""
         prior = list(self._history)
-        self._history.append({"role": "user", "content": text})
-        await self._speak(turn_id, self._llm.reply(prior, text), timings)
+        if text is not None:
+            self._emit(Transcript("user", text))
+            self._history.append({"role": "user", "content": text})
+        tool_calls: list[ToolCall] = []
+        before = len(self._history)
+        await self._speak(turn_id, self._llm.reply(prior, text), timings, tool_calls)
+        if turn_id != self._active_turn:
+            return
+        if tool_calls:
+            self._call_tools(tool_calls, spoke=len(self._history) > before)
+            return
         function_for = getattr(self._llm, "function_for", None)
-        function = function_for(text) if function_for is not None else None
-        if function is not None and turn_id == self._active_turn:
+        function = function_for(text) if function_for is not None and text is not None else None
+        if function is not None:
             if function in self._offered:
                 self._function_seq += 1
                 self._emit(FunctionCallRequest(call_id=f"local-{self._function_seq}", name=function))
             else:
                 self._log.info("scripted function not offered; not called", function=function)
+
+    def _call_tools(self, calls: list[ToolCall], *, spoke: bool) -> None:
+        """The LLM called functions: remember them in the conversation (the assistant
+        message carries ``tool_calls``) and ask the engine to run them."""
+        entries = [c.message_entry() for c in calls]
+        if spoke:
+            self._history[-1] = {**self._history[-1], "tool_calls": entries}
+        else:
+            self._history.append({"role": "assistant", "content": None, "tool_calls": entries})
+        for call in calls:
+            try:
+                arguments = json.loads(call.arguments)
+            except ValueError:
+                arguments = {"_raw": call.arguments}
+            self._pending_tools[call.id] = call.name
+            self._emit(FunctionCallRequest(call_id=call.id, name=call.name,
+                                           arguments=arguments if isinstance(arguments, dict) else {"_value": arguments}))
+
+    async def _go_on(self, turn_id: int) -> None:
+        await self._reply(turn_id, None, TurnTimings(utterance_end=self._clock(), transcript=self._clock()))
 
     async def _answer_keypress(self, text: str, turn_id: int) -> None:
         await self._reply(turn_id, text, TurnTimings(utterance_end=self._clock(), transcript=self._clock()))
@@ -364,16 +396,25 @@ class LocalAgentSession(ProviderSession):
         self._begin_turn(functools.partial(self._answer_keypress, text))
 
     async def send_function_result(self, call_id: str, result: Mapping[str, Any]) -> bool:
-        """The scripted agent already said its line; a failed function gets the apology."""
+        """An LLM's function call: the result goes into the conversation and, once every
+        call of the turn is answered, the LLM goes on from there. A scripted rule's
+        function: the agent already said its line; a failure gets the apology."""
         if self._closed:
             return False
+        if call_id in self._pending_tools:
+            del self._pending_tools[call_id]
+            self._history.append({"role": "tool", "tool_call_id": call_id, "content": result_text(result)})
+            if not self._pending_tools:
+                self._begin_turn(self._go_on)
+            return True
         if "error" in result:
             self._log.warning("function failed; apologising", function_call=call_id, error=result["error"])
             self._begin_turn(functools.partial(self._greet, self.settings.apology))
         return True
 
     async def _speak(
-        self, turn_id: int, sentences: AsyncIterator[str], timings: TurnTimings
+        self, turn_id: int, sentences: AsyncIterator[str | ToolCall], timings: TurnTimings,
+        tool_calls: list[ToolCall] | None = None,
     ) -> None:
         """Sentences → speech, pipelined: sentence n+1 is generated and synthesised
         while sentence n is being sent. Ends the turn with AgentAudioDone and the
@@ -399,6 +440,10 @@ class LocalAgentSession(ProviderSession):
             try:
                 async with contextlib.aclosing(sentences) as stream:  # type: ignore[type-var]
                     async for sentence in stream:
+                        if isinstance(sentence, ToolCall):
+                            if tool_calls is not None:
+                                tool_calls.append(sentence)
+                            continue
                         if timings.first_sentence is None:
                             timings.first_sentence = self._clock()
                         queue.put_nowait((sentence, synthesize(sentence)))
@@ -521,7 +566,10 @@ class LocalAgentProvider(Provider):
             self.settings,
             ctx,
             tts=self.tts,
-            llm=self._script if self._script is not None else OpenAICompatibleLLM(self.settings.llm),
+            llm=self._script if self._script is not None else OpenAICompatibleLLM(
+                self.settings.llm,
+                tools=[{"type": "function", "function": d} for d in function_definitions(self.settings.actions)],
+            ),
             recognizer_factory=functools.partial(
                 PocketSphinxRecognizer, self.settings.stt, self.settings.sample_rate
             ),

@@ -15,6 +15,7 @@ import codecs
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -24,7 +25,48 @@ from voiceline.config import DEFAULT_FALLBACK_REPLY, LocalLLMSettings, LocalScri
 
 log = structlog.get_logger(__name__)
 
-Message = Mapping[str, str]
+# A chat message: role and content, and for function calls the assistant's
+# ``tool_calls`` or the tool result's ``tool_call_id``.
+Message = Mapping[str, Any]
+_MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function the model called (chat-completions ``tool_calls``); ``arguments`` is its JSON text."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def message_entry(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class ToolCallAccumulator:
+    """Streamed ``tool_calls`` deltas (pieces keyed by ``index``) -> whole calls."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def feed(self, deltas: list[Any]) -> None:
+        for delta in deltas:
+            if not isinstance(delta, dict):
+                continue
+            part = self._parts.setdefault(int(delta.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+            if delta.get("id"):
+                part["id"] = str(delta["id"])
+            function = delta.get("function") or {}
+            if function.get("name"):
+                part["name"] += str(function["name"])
+            if function.get("arguments"):
+                part["arguments"] += str(function["arguments"])
+
+    def calls(self) -> list[ToolCall]:
+        return [
+            ToolCall(p["id"] or f"call_{i}", p["name"], p["arguments"] or "{}")
+            for i, p in sorted(self._parts.items()) if p["name"]
+        ]
 
 
 class LLMError(Exception):
@@ -33,8 +75,11 @@ class LLMError(Exception):
 
 class ReplyGenerator(Protocol):
     def reply(
-        self, history: Sequence[Message], user_text: str
-    ) -> AsyncIterator[str]: ...
+        self, history: Sequence[Message], user_text: str | None
+    ) -> AsyncIterator[str | ToolCall]:
+        """Sentences, then any functions the model called. ``user_text`` None: go on
+        from ``history`` (which ends with function results)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -199,9 +244,9 @@ class ScriptedLLM:
         return self._rule(text)[1]
 
     async def reply(
-        self, history: Sequence[Message], user_text: str
-    ) -> AsyncIterator[str]:
-        for sentence in split_sentences(self.match(user_text)):
+        self, history: Sequence[Message], user_text: str | None
+    ) -> AsyncIterator[str | ToolCall]:
+        for sentence in split_sentences(self.match(user_text or "")):
             yield sentence
 
     async def aclose(self) -> None:
@@ -268,6 +313,11 @@ class SSEParser:
 
 def parse_chunk(data: str) -> str:
     """The text delta of one streamed chat-completion chunk ('' when it has none)."""
+    return parse_chunk_full(data)[0]
+
+
+def parse_chunk_full(data: str) -> tuple[str, list[Any]]:
+    """(text delta, ``tool_calls`` deltas) of one streamed chat-completion chunk."""
     try:
         obj = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -282,14 +332,15 @@ def parse_chunk(data: str) -> str:
         raise LLMError(f"LLM server reported an error: {message}")
     choices = obj.get("choices") or []
     if not choices:
-        return ""
+        return "", []
     choice = choices[0]
     delta = choice.get("delta") or choice.get("message") or {}
     content = delta.get("content") if isinstance(delta, dict) else None
     if content is None and isinstance(choice.get("text"), str):
         # the legacy completions shape
         content = choice["text"]
-    return content if isinstance(content, str) else ""
+    tool_calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    return (content if isinstance(content, str) else ""), (tool_calls if isinstance(tool_calls, list) else [])
 
 
 # ---- OpenAI-compatible chat completions ---------------------------------------------
@@ -298,7 +349,9 @@ def parse_chunk(data: str) -> str:
 class OpenAICompatibleLLM:
     """Streams ``POST {base_url}/chat/completions`` (``stream: true``) and yields sentences."""
 
-    def __init__(self, config: LocalLLMSettings) -> None:
+    def __init__(self, config: LocalLLMSettings, tools: Sequence[Mapping[str, Any]] = ()) -> None:
+        """``tools``: functions offered to the model (chat-completions ``tools`` entries)."""
+        self.tools = [dict(t) for t in tools]
         if not config.model:
             raise ValueError("llm.model is required when llm.kind is openai_compatible")
         if config.timeout_s <= 0:
@@ -308,9 +361,9 @@ class OpenAICompatibleLLM:
         self._session: aiohttp.ClientSession | None = None
 
     def build_messages(
-        self, history: Sequence[Message], user_text: str
-    ) -> list[dict[str, str]]:
-        messages: list[dict[str, str]] = []
+        self, history: Sequence[Message], user_text: str | None
+    ) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
         if self.config.system_prompt:
             messages.append({"role": "system", "content": self.config.system_prompt})
         recent = (
@@ -318,12 +371,16 @@ class OpenAICompatibleLLM:
             if self.config.max_history_messages > 0
             else []
         )
-        messages.extend({"role": m["role"], "content": m["content"]} for m in recent)
-        messages.append({"role": "user", "content": user_text})
+        # A tool result without the assistant message that called it is refused by servers.
+        while recent and recent[0].get("role") == "tool":
+            recent.pop(0)
+        messages.extend({k: m[k] for k in _MESSAGE_KEYS if k in m} for m in recent)
+        if user_text is not None:
+            messages.append({"role": "user", "content": user_text})
         return messages
 
     def build_payload(
-        self, history: Sequence[Message], user_text: str
+        self, history: Sequence[Message], user_text: str | None
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.config.model,
@@ -333,11 +390,13 @@ class OpenAICompatibleLLM:
         }
         if self.config.max_tokens:
             payload["max_tokens"] = self.config.max_tokens
+        if self.tools:
+            payload["tools"] = self.tools
         return payload
 
     async def reply(
-        self, history: Sequence[Message], user_text: str
-    ) -> AsyncIterator[str]:
+        self, history: Sequence[Message], user_text: str | None
+    ) -> AsyncIterator[str | ToolCall]:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         headers = {"Accept": "text/event-stream"}
@@ -357,11 +416,15 @@ class OpenAICompatibleLLM:
                     raise LLMError(
                         f"LLM server {self.url} answered HTTP {resp.status}: {body.strip()}"
                     )
+                tools = ToolCallAccumulator()
                 if "text/event-stream" not in resp.headers.get("Content-Type", ""):
                     # A server that ignores stream: true answers with one JSON body.
-                    text = parse_chunk(await resp.text(errors="replace"))
+                    text, calls = parse_chunk_full(await resp.text(errors="replace"))
+                    tools.feed(calls)
                     for sentence in split_sentences(text):
                         yield sentence
+                    for call in tools.calls():
+                        yield call
                     return
                 parser = SSEParser()
                 splitter = SentenceSplitter()
@@ -371,17 +434,23 @@ class OpenAICompatibleLLM:
                         if data.strip() == "[DONE]":
                             done = True
                             break
-                        for sentence in splitter.feed(parse_chunk(data)):
+                        text, calls = parse_chunk_full(data)
+                        tools.feed(calls)
+                        for sentence in splitter.feed(text):
                             yield sentence
                     if done:
                         break
                 if not done:
                     for data in parser.flush():
                         if data.strip() != "[DONE]":
-                            for sentence in splitter.feed(parse_chunk(data)):
+                            text, calls = parse_chunk_full(data)
+                            tools.feed(calls)
+                            for sentence in splitter.feed(text):
                                 yield sentence
                 for sentence in splitter.flush():
                     yield sentence
+                for call in tools.calls():
+                    yield call
         except TimeoutError as exc:
             raise LLMError(
                 f"LLM server {self.url} did not answer within {self.config.timeout_s:g} s"
