@@ -279,7 +279,7 @@ async def run_interruption(
                 [round(t - shift), kind, value] for t, kind, value in call.sink.timeline_events()
                 if kind not in ("depth", "caller_energy")
             ]
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(OSError):  # the engine may have closed the leg first
         await leg.hangup()
     deadline = time.monotonic() + 5.0
     while app.engine.call(leg.call_uuid) is not None and time.monotonic() < deadline:

@@ -176,7 +176,8 @@ class BenchLeg(CallerLeg):
     def _gone(self, reason: str) -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
-        with contextlib.suppress(Exception):
+        # A socket already closed has fileno() -1, which remove_reader refuses.
+        with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
 
     def _flush(self) -> None:

@@ -148,7 +148,7 @@ class EspeakTTS:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(OSError):  # a pipe broken by the kill
                 await asyncio.shield(talk)  # quick: the pipes close with the process
             if isinstance(exc, TimeoutError):
                 raise TTSError(
