@@ -388,7 +388,9 @@ class Call:
 
     def on_dtmf(self, digit: str) -> None:
         self.counters.dtmf += 1
-        log.info("dtmf", call_id=self.session.call_id, digit=digit)
+        # Callers key in PINs and card numbers: the digit itself only at DEBUG.
+        log.info("dtmf", call_id=self.session.call_id, count=self.counters.dtmf)
+        log.debug("dtmf_digit", call_id=self.session.call_id, digit=digit)
         if self._provider_started.is_set():
             spawn(self.provider.send_dtmf(digit), name=f"dtmf-{self.session.call_id}", owner=self._tasks)
 
