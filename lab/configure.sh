@@ -316,7 +316,7 @@ exten => echo,1,Answer()
  same => n,Echo()
  same => n,Hangup()
 
-; Transfer target of the agents' `transfer` action (tests/e2e/test_actions_e2e.py):
+; Transfer target of the agents' 'transfer' action (tests/e2e/test_actions_e2e.py):
 ; the caller, sent here by ARI continue, hears a 440 Hz tone for a few seconds.
 exten => operator,1,NoOp(voiceline: \${CHANNEL} transferred to the operator)
  same => n,Answer()
