@@ -36,7 +36,7 @@ from urllib.parse import quote, urlencode
 
 import structlog
 from aiohttp import web
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from voiceline.telemetry import console_pages as pages
@@ -278,21 +278,17 @@ def search_calls(store: HistoryStore, search: pages.HistoryFilter, *, limit: int
     """Calls matching ``search``, newest first, without transcript and timeline.
     Caller: case-insensitive substring; date: the UTC day the call started; outcome:
     the end reason, or its first word (end reasons may carry details, such as a channel id)."""
-    store.ensure_schema()
     c = calls_table.c
-    query = select(c.call_id, c.started_at, c.ended_at, c.duration_s, c.mode, c.provider, c.end_reason,
-                   c.caller_id, c.tuning_hint)
+    where: list[ColumnElement[bool]] = []
     if search.caller:
-        query = query.where(func.lower(c.caller_id).contains(search.caller.lower(), autoescape=True))
+        where.append(func.lower(c.caller_id).contains(search.caller.lower(), autoescape=True))
     if search.day is not None:
         start = datetime(search.day.year, search.day.month, search.day.day, tzinfo=UTC)
-        query = query.where(c.started_at >= start, c.started_at < start + timedelta(days=1))
+        where += [c.started_at >= start, c.started_at < start + timedelta(days=1)]
     if search.outcome:
-        query = query.where(or_(c.end_reason == search.outcome,
-                                c.end_reason.startswith(search.outcome + " ", autoescape=True)))
-    query = query.order_by(c.started_at.desc(), c.call_id).limit(limit).offset(offset)
-    with store.engine().connect() as conn:
-        return [_plain_row(row._mapping) for row in conn.execute(query)]
+        where.append(or_(c.end_reason == search.outcome,
+                         c.end_reason.startswith(search.outcome + " ", autoescape=True)))
+    return store.list_calls(limit, offset, where=where)
 
 
 def known_outcomes(store: HistoryStore, *, recent: int = 2000, limit: int = 50) -> list[str]:
@@ -304,16 +300,6 @@ def known_outcomes(store: HistoryStore, *, recent: int = 2000, limit: int = 50) 
     with store.engine().connect() as conn:
         words = {reason.split(" ", 1)[0] for (reason,) in conn.execute(query) if reason and reason.strip()}
     return sorted(words)[:limit]
-
-
-def _plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in ("started_at", "ended_at"):
-        value = out.get(key)
-        if isinstance(value, datetime):
-            # SQLite hands back naive datetimes; the history stores UTC.
-            out[key] = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
-    return out
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import structlog
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
     DateTime,
     Engine,
     Float,
@@ -250,13 +251,16 @@ class HistoryStore:
             self.close()
             raise
 
-    def list_calls(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
-        """Newest first, without the bulky transcript and timeline."""
+    def list_calls(self, limit: int = 20, offset: int = 0, *,
+                   where: Sequence[ColumnElement[bool]] = ()) -> list[dict[str, Any]]:
+        """Newest first, without the bulky transcript and timeline; ``where``: conditions
+        on ``calls_table`` a call must meet (the console's search)."""
         self.ensure_schema()
         c = calls_table.c
         query = (
             select(c.call_id, c.started_at, c.ended_at, c.duration_s, c.mode, c.provider, c.end_reason,
                    c.caller_id, c.tuning_hint)
+            .where(*where)
             .order_by(c.started_at.desc(), c.call_id)
             .limit(limit)
             .offset(offset)
