@@ -28,7 +28,6 @@ from voiceline.audio.formats import SLIN_FORMAT_NAMES
 from voiceline.core.actions import TransferTo
 from voiceline.core.call import Call
 from voiceline.core.engine import Engine
-from voiceline.core.models import CallState
 from voiceline.core.stream_events import FallbackRequested
 from voiceline.telemetry.metrics import Metrics
 
@@ -118,10 +117,7 @@ class AriMode:
             return None
         # Keys come from ARI (ChannelDtmfReceived on the caller's channel); the bridge
         # also copies them to the media leg as 0x03 frames, which would count them twice.
-        leg = attach_leg(call, connection, forward_dtmf=False)
-        if leg is not None:
-            call.session.state = CallState.ACTIVE
-        return leg
+        return attach_leg(call, connection, forward_dtmf=False)
 
     # ------------------------------------------------------------------ events
 

@@ -74,10 +74,14 @@ class AudioSocketLeg:
 
 
 def attach_leg(call: Call, connection: AudioSocketConnection, *, forward_dtmf: bool = True) -> AudioSocketLeg | None:
-    """Attach ``connection`` to ``call`` as its media leg; None if the call already ended.
-    ``forward_dtmf`` False: the leg's DTMF frames are dropped (the mode hears keys another way)."""
+    """Attach ``connection`` to ``call`` as its media leg, making the call active; None
+    if the call already ended. ``forward_dtmf`` False: the leg's DTMF frames are dropped
+    (the mode hears keys another way)."""
     leg = AudioSocketLeg(connection, call, call.wire_format.sample_rate, forward_dtmf)
-    return leg if call.attach(leg) else None
+    if not call.attach(leg):
+        return None
+    call.session.state = CallState.ACTIVE
+    return leg
 
 
 class AudioSocketMode:
@@ -98,8 +102,4 @@ class AudioSocketMode:
             log.warning("audiosocket_duplicate_uuid", uuid=conn_uuid, peer=connection.peer[0])
             self._metrics.audiosocket_refused("duplicate-uuid")
             return None
-        call = self.engine.start_call(conn_uuid)
-        leg = attach_leg(call, connection)
-        if leg is not None:
-            call.session.state = CallState.ACTIVE
-        return leg
+        return attach_leg(self.engine.start_call(conn_uuid), connection)
