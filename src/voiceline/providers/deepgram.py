@@ -51,10 +51,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("voiceline.providers.deepgram")
 
-# Deepgram encoding name <-> engine encoding name. Only encodings the engine can
-# transcode are usable here (Deepgram itself also takes opus, flac, ...).
+# Deepgram encoding name -> engine encoding name. The config model admits only these
+# encodings (the ones the engine can transcode; Deepgram itself also takes opus, flac,
+# ...) and only the "none" output container.
 _TO_ENGINE_ENCODING = {"linear16": "slin16", "mulaw": "mulaw", "alaw": "alaw"}
-_OUTPUT_CONTAINERS = ("none", "wav", "ogg")
 _FUNCTION_ENDPOINT_KEYS = frozenset({"url", "method", "headers"})
 # Errors a websocket receive raises when the connection is gone.
 _CONNECTION_ERRORS = (ConnectionError, OSError, aiohttp.ClientError)
@@ -79,13 +79,7 @@ class DeepgramSettingsError(DeepgramError):
 
 
 def _engine_format(encoding: str, rate: Any, which: str) -> AudioFormat:
-    try:
-        engine_encoding = _TO_ENGINE_ENCODING[encoding]
-    except KeyError:
-        raise ValueError(
-            f"deepgram {which}_encoding {encoding!r} is not supported; use one of linear16, mulaw, alaw"
-        ) from None
-    return AudioFormat(engine_encoding, _as_int(rate, f"{which}_sample_rate"))  # type: ignore[arg-type]
+    return AudioFormat(_TO_ENGINE_ENCODING[encoding], _as_int(rate, f"{which}_sample_rate"))  # type: ignore[arg-type]
 
 
 def input_format(cfg: DeepgramProviderSettings) -> AudioFormat:
@@ -99,7 +93,8 @@ def output_format(cfg: DeepgramProviderSettings) -> AudioFormat:
 
 
 def _as_int(value: Any, name: str) -> int:
-    """Deepgram rejects 8000.0 where it wants 8000: integers go out as integers."""
+    """Deepgram rejects 8000.0 where it wants 8000: integers go out as integers.
+    (The config model's int field would take True as 1; this refuses it.)"""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, int):
@@ -131,8 +126,6 @@ def _function_settings(fn: DeepgramFunction) -> dict[str, Any]:
 
 def build_settings(cfg: DeepgramProviderSettings) -> dict[str, Any]:
     """The v1 ``Settings`` message for ``cfg``. Optional values that are empty are left out."""
-    if cfg.output_container not in _OUTPUT_CONTAINERS:
-        raise ValueError(f"deepgram output_container must be one of {_OUTPUT_CONTAINERS}, got {cfg.output_container!r}")
     think_provider: dict[str, Any] = {"type": cfg.think_provider, "model": cfg.think_model}
     if cfg.think_temperature is not None:
         think_provider["temperature"] = float(cfg.think_temperature)
