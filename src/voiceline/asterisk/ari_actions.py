@@ -18,7 +18,7 @@ from voiceline.asterisk.ari import AriError
 from voiceline.core.actions import ActionError, TransferTo
 
 if TYPE_CHECKING:
-    from voiceline.asterisk.ari_mode import AriMode
+    from voiceline.asterisk.ari_mode import AriMode, _CallResources
 
 __all__ = ["AriCallActions", "transfer_reason"]
 
@@ -35,16 +35,16 @@ class AriCallActions:
         self._mode = mode
         self._call_id = call_id
 
-    def _channel(self) -> str:
+    def _live(self) -> _CallResources:
+        """The call's ARI resources; ActionError if the call is over."""
         resources = self._mode.resources(self._call_id)
         if resources is None or resources.call.ended:
             raise ActionError("the call is over")
-        return resources.channel_id
+        return resources
 
     async def transfer(self, target: TransferTo) -> None:
-        channel_id = self._channel()
-        resources = self._mode.resources(self._call_id)
-        assert resources is not None
+        resources = self._live()
+        channel_id = resources.channel_id
         # Marked first: the caller's StasisEnd may arrive before continue() returns.
         resources.transfer_to = target
         ari = self._mode.ari
@@ -66,20 +66,18 @@ class AriCallActions:
 
     async def send_dtmf(self, digits: str) -> None:
         try:
-            found = await self._mode.ari.send_dtmf(self._channel(), digits)
+            found = await self._mode.ari.send_dtmf(self._live().channel_id, digits)
         except AriError as exc:
             raise ActionError(f"Asterisk refused the DTMF ({exc.status})") from None
         if not found:
             raise ActionError("the caller's channel is gone")
 
     async def call_info(self, variables: Sequence[str]) -> dict[str, Any]:
-        channel_id = self._channel()
-        resources = self._mode.resources(self._call_id)
-        assert resources is not None
+        resources = self._live()
         values: dict[str, str | None] = {}
         for name in variables:
             try:
-                values[name] = await self._mode.ari.get_variable(channel_id, name)
+                values[name] = await self._mode.ari.get_variable(resources.channel_id, name)
             except AriError as exc:
                 raise ActionError(f"could not read channel variable {name} ({exc.status})") from None
         return {"caller_id": resources.call.session.caller_id, "variables": values}
