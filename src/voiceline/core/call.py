@@ -224,11 +224,14 @@ class Call:
         if self._ended:
             return
         log.error("call_stream_failed", call_id=self.session.call_id, error=repr(exc))
-        spawn(
-            self._end_call(self.session.call_id, f"outbound stream failed: {exc!r}"),
-            name=f"end-{self.session.call_id}",
-            owner=self._ending_tasks,
-        )
+        self._end_soon(f"outbound stream failed: {exc!r}")
+
+    def _end_soon(self, reason: str) -> None:
+        """End the call from a callback that cannot await. The task is not in
+        self._tasks: ending the call cancels those, and this task is the one ending
+        it. Kept referenced here so it cannot be garbage-collected mid-way."""
+        spawn(self._end_call(self.session.call_id, reason), name=f"end-{self.session.call_id}",
+              owner=self._ending_tasks)
 
     def _send_frame(self, frame: bytes) -> None:
         leg = self.leg
@@ -366,10 +369,7 @@ class Call:
                 # frame): anything sent now would gate the caller's question again.
                 stream.flush(now, "completed")
             return  # nothing was playing: not an interruption
-        played_ms = None
-        if self.stream is not None:
-            result = self.stream.flush(now, "barge-in")
-            played_ms = result.played_ms
+        played_ms = stream.flush(now, "barge-in").played_ms if stream is not None else None
         if file_playing:
             spawn(self._playback.stop_playbacks(call_id), name=f"stop-playback-{call_id}", owner=self._tasks)
         reaction_s = None
@@ -400,13 +400,7 @@ class Call:
     def on_media_closed(self, reason: str) -> None:
         if self._ended:
             return
-        # Not in self._tasks: ending the call cancels those, and this task is the one
-        # ending it. Kept referenced here so it cannot be garbage-collected mid-way.
-        spawn(
-            self._end_call(self.session.call_id, f"audiosocket closed: {reason}"),
-            name=f"end-{self.session.call_id}",
-            owner=self._ending_tasks,
-        )
+        self._end_soon(f"audiosocket closed: {reason}")
 
     async def _send_inbound(self) -> None:
         while True:
