@@ -1,7 +1,8 @@
 """Call load for end-to-end tests on the lab Asterisk, on top of ``labkit``.
 
     place_call_load(exten, audio_path, duration_s, calls, rate, limit, ...) -> LoadResult
-        many calls from one SIPp process (rate, concurrency limit; no capture)
+        many calls from one SIPp process (rate, concurrency limit; no capture);
+        also the multi-node lab's callers (another target, inside a network namespace)
     CallInBackground(exten, audio_path, duration_s, **place_call_kwargs)
         ``labkit.place_call`` in a thread; ``.result(timeout)``; a context manager
         that waits for the call at exit
@@ -46,7 +47,7 @@ class LoadResult:
     calls: int  # asked for
     successful: int  # SIPp's SuccessfulCall(C)
     failed: int  # SIPp's FailedCall(C)
-    hangups: dict[str, int]  # "local" (we sent BYE) / "remote" (Asterisk did) -> count
+    hangups: dict[str, int]  # "local" (we sent BYE) / "remote" (the other side did) -> count
     call_dir: Path
     duration_s: float  # wall time of the SIPp run
     stdout: str
@@ -78,18 +79,14 @@ def _scenario_for(audio_path: str | os.PathLike[str], duration_s: float, work: P
 
 
 def _sipp_stat(path: Path, column: str) -> int:
-    """The last value of a cumulative column of SIPp's -trace_stat CSV."""
-    if not path.exists():
-        return 0
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    """The last value of a cumulative column of SIPp's -trace_stat CSV (0 before SIPp wrote any)."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
     if len(lines) < 2:
         return 0
-    header = lines[0].split(";")
-    values = lines[-1].split(";")
-    try:
-        return int(values[header.index(column)])
-    except (ValueError, IndexError):
-        return 0
+    header, values = lines[0].split(";"), lines[-1].split(";")
+    if column not in header:
+        raise LabError(f"SIPp statistics {path} have no column {column!r}")
+    return int(values[header.index(column)])
 
 
 def place_call_load(
@@ -104,11 +101,16 @@ def place_call_load(
     rtp_port: int = SIPP_RTP_PORT,
     call_dir: str | os.PathLike[str] | None = None,
     timeout_s: float | None = None,
+    target: str = f"127.0.0.1:{SIP_PORT}",
+    local_addr: str = "127.0.0.1",
+    netns: str | None = None,
 ) -> LoadResult:
     """``calls`` calls from one SIPp process: ``rate`` new calls per second, at most
     ``limit`` at once, each streaming ``audio_path`` and lasting ``duration_s`` unless
-    Asterisk hangs up first. No capture (the RTP of hundreds of calls is not kept).
-    Each call uses its own RTP port, counted up from ``rtp_port``."""
+    the other side hangs up first. No capture (the RTP of hundreds of calls is not kept).
+    Each call uses its own RTP port, counted up from ``rtp_port``. SIPp calls ``target``
+    (the lab Asterisk by default) from ``local_addr``, inside network namespace ``netns``
+    when given (the multi-node lab's hub)."""
     if call_dir is None:
         (LAB_CACHE / "calls").mkdir(parents=True, exist_ok=True)
         call_dir = tempfile.mkdtemp(
@@ -120,15 +122,17 @@ def place_call_load(
     expected_s = calls / rate + duration_s
     run_timeout = timeout_s if timeout_s is not None else expected_s * 2 + 30
     cmd = [
-        need_tool("sipp"), f"127.0.0.1:{SIP_PORT}",
+        need_tool("sipp"), target,
         "-sf", str(scenario), "-s", exten,
         "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000", "-l", str(limit),
-        "-i", "127.0.0.1", "-p", str(sip_port), "-mi", "127.0.0.1", "-mp", str(rtp_port),
+        "-i", local_addr, "-p", str(sip_port), "-mi", local_addr, "-mp", str(rtp_port),
         "-nostdin", "-timeout", f"{math.ceil(run_timeout)}s", "-timeout_error",
         "-trace_err", "-error_file", str(work / "errors.log"),
         "-trace_logs", "-log_file", str(work / "logs.log"),
         "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1",
     ]
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     (work / "command.txt").write_text(" ".join(cmd) + "\n")
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=run_timeout + 30, check=False)

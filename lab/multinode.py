@@ -25,7 +25,6 @@ Needs root, iproute2, kamailio, postgresql, sipp (scripts/setup.sh installs them
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from typing import Any, Self
 
 import labkit
 import yaml
+from labload import LoadResult, place_call_load
 from pgserver import PostgresServer
 
 HUB = "vlmn-hub"
@@ -510,72 +510,13 @@ class Multinode:
         return body
 
     def place_calls(self, calls: int, audio: Path, duration_s: float, rate: float, limit: int,
-                    name: str, sip_port: int = CALLER_SIP_PORT, rtp_port: int = 6000) -> CallsResult:
+                    name: str, sip_port: int = CALLER_SIP_PORT, rtp_port: int = 6000) -> LoadResult:
         """``calls`` SIPp calls from the hub to the balancer, ``rate`` a second, at most
         ``limit`` at once, each streaming ``audio`` (raw 8 kHz mu-law) and lasting
         ``duration_s`` unless the node hangs up first. Each call uses its own RTP port,
         counted up from ``rtp_port``."""
-        work = self.work / "calls" / name
-        work.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(audio, work / "audio.ulaw")
-        # The lab's UAC scenario (lab/sipp/uac_pcmu.xml) with its two placeholders filled in.
-        scenario = work / "scenario.xml"
-        scenario.write_text((labkit.LAB_DIR / "sipp" / "uac_pcmu.xml").read_text()
-                            .replace("__AUDIO_FILE__", str(work / "audio.ulaw"))
-                            .replace("__DURATION_MS__", str(int(duration_s * 1000))))
-        timeout = calls / rate + duration_s + 60
-        cmd = in_ns(HUB, [
-            "sipp", f"{HUB_ADDR}:{SIP_PORT}", "-sf", str(scenario), "-s", "stasis",
-            "-m", str(calls), "-r", f"{rate:g}", "-rp", "1000", "-l", str(limit),
-            "-i", HUB_ADDR, "-p", str(sip_port), "-mi", HUB_ADDR, "-mp", str(rtp_port),
-            "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
-            "-trace_err", "-error_file", str(work / "errors.log"),
-            "-trace_logs", "-log_file", str(work / "logs.log"),
-            "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1",
-        ])
-        (work / "command.txt").write_text(" ".join(cmd) + "\n")
-        started = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, check=False)
-        logs = (work / "logs.log").read_text(errors="replace") if (work / "logs.log").exists() else ""
-        return CallsResult(
-            calls=calls, returncode=proc.returncode,
-            successful=sipp_stat(work / "stat.csv", "SuccessfulCall(C)"),
-            failed=sipp_stat(work / "stat.csv", "FailedCall(C)"),
-            hangups={k: len(re.findall(rf"hangup: {k}\b", logs)) for k in ("local", "remote")},
-            call_dir=work, duration_s=time.monotonic() - started, stderr=proc.stderr,
+        return place_call_load(
+            "stasis", audio, duration_s, calls, rate, limit, sip_port=sip_port, rtp_port=rtp_port,
+            call_dir=self.work / "calls" / name, timeout_s=int(calls / rate + duration_s) + 60,
+            target=f"{HUB_ADDR}:{SIP_PORT}", local_addr=HUB_ADDR, netns=HUB,
         )
-
-
-@dataclasses.dataclass
-class CallsResult:
-    """What one SIPp run through the balancer did."""
-
-    calls: int  # asked for
-    returncode: int  # 0: every call succeeded
-    successful: int  # SIPp's SuccessfulCall(C)
-    failed: int  # SIPp's FailedCall(C)
-    hangups: dict[str, int]  # "local" (the caller sent BYE) / "remote" (the node did) -> count
-    call_dir: Path
-    duration_s: float
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and self.successful == self.calls and self.failed == 0
-
-    def errors(self) -> str:
-        path = self.call_dir / "errors.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join((text + self.stderr).strip().splitlines()[-30:])
-
-
-def sipp_stat(path: Path, column: str) -> int:
-    """The last value of a cumulative column of SIPp's -trace_stat CSV (0 if absent)."""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
-    if len(lines) < 2:
-        return 0
-    header, values = lines[0].split(";"), lines[-1].split(";")
-    if column not in header:
-        raise MultinodeError(f"SIPp statistics {path} have no column {column!r}")
-    return int(values[header.index(column)])
-

@@ -17,6 +17,7 @@ import threading
 import time
 
 import labkit
+import labload
 import multinode
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -70,7 +71,7 @@ def wait_until(predicate, timeout: float, what: str):
         time.sleep(0.2)
 
 
-def assert_all_ok(result: multinode.CallsResult, what: str) -> None:
+def assert_all_ok(result: labload.LoadResult, what: str) -> None:
     assert result.ok, f"{what}: SIPp {result.successful}/{result.calls} ok, {result.failed} failed: {result.errors()}"
 
 
