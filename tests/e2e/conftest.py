@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,11 @@ def assert_paced(packets: list, witness: StallWitness, limit_ms: float = 25.0) -
         + ", ".join(f"#{g.index} {g.delta_ms:.1f} ms (stalled {g.explained_by_ms:.1f})" for g in bad[:5])
     )
     return verdict
+
+
+def log_epoch(record: dict) -> float:
+    """When the engine wrote a JSON log record, as a Unix time."""
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 class EngineProcess:

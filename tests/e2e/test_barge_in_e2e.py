@@ -15,11 +15,11 @@ The assertion is on the final stop (p95 <= 300 ms); both are printed."""
 from __future__ import annotations
 
 import statistics
-from datetime import datetime
 
 import numpy as np
 
 import labkit
+from conftest import log_epoch
 
 CALLS = 10
 SPEECH_AT_S = 2.0  # the greeting starts ~0.4 s after answer: the caller cuts in ~1.5 s into it
@@ -30,10 +30,6 @@ FIRST_PAUSE_GAP_S = 0.12  # shorter dips are gaps between the agent's words
 def _rms(payload: bytes) -> float:
     x = np.asarray(labkit.ulaw_decode(payload), dtype=float)
     return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
-
-
-def _epoch(record: dict) -> float:
-    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def _reaction_ms(pcap, answer_at: float) -> tuple[float, float, float]:
@@ -76,8 +72,8 @@ def test_caller_interrupts_long_agent_turn(asterisk, engine, deepgram_sim, tmp_p
         call_id = summaries[index]["call_id"]
         barge_ins = proc.events("barge_in", call_id=call_id)
         assert len(barge_ins) == 1, f"call {index}: {len(barge_ins)} barge-ins counted for one interruption"
-        barged_at = _epoch(barge_ins[0])
-        answers = [_epoch(e) for e in proc.events("STREAMING STARTED", call_id=call_id) if _epoch(e) > barged_at]
+        barged_at = log_epoch(barge_ins[0])
+        answers = [log_epoch(e) for e in proc.events("STREAMING STARTED", call_id=call_id) if log_epoch(e) > barged_at]
         first_pause, final_stop, offset = _reaction_ms(result.pcap, min(answers, default=float("inf")))
         pauses.append(first_pause)
         finals.append(final_stop)

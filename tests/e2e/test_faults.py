@@ -11,7 +11,6 @@ provider that refuses the connection."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 import labkit
 import labload
@@ -22,6 +21,7 @@ from conftest import (
     derived_config,
     free_port,
     history_url,
+    log_epoch,
 )
 
 # A failed case must not leave channels or bridges behind for the next one.
@@ -33,10 +33,6 @@ ECHO_PHRASE = "Hello, this is a test of the voiceline echo path. One, two, three
 ECHO_SIP_PORT, ECHO_RTP_PORT = 5072, 6100
 # A provider that never greets is given up after this long (deepgram connect_timeout_s).
 CONNECT_TIMEOUT_S = 3.0
-
-
-def _epoch(record: dict) -> float:
-    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def _caller_audio(tmp_path, question_at_s: float, total_s: float, name: str = "caller"):
@@ -164,19 +160,19 @@ def test_stalled_turn_played_from_file_then_caller_is_heard(asterisk, engine, de
     with labload.CallInBackground("stasis", audio, total_s, capture=False, call_dir=tmp_path / "call") as call:
         started = proc.wait_for("call_started", timeout=10)[0]
         call_id = started["call_id"]
-        answered_at = _epoch(started)
+        answered_at = log_epoch(started)
         result = call.result()
     assert result.ok, result.errors()
 
     ended = proc.wait_for("STREAMING ENDED", call_id=call_id)[0]
     assert ended["reason"] == "fallback"
     played = proc.wait_for("fallback_playback_started", call_id=call_id, timeout=5)
-    fallback_end = max(_epoch(p) + p["audio_ms"] / 1000 for p in played)
+    fallback_end = max(log_epoch(p) + p["audio_ms"] / 1000 for p in played)
     question_onset = answered_at + question_at_s
     assert fallback_end < question_onset, "test setup: the caller must speak after the file playback ended"
     user = [t for t in proc.events("transcript", call_id=call_id) if t["role"] == "user"]
     assert user, "the provider never heard the caller after the file fallback"
-    assert _epoch(user[0]) > question_onset
+    assert log_epoch(user[0]) > question_onset
     heard, question = _heard_s(proc, call_id), _question_s(tmp_path)
     assert heard >= 0.6 * question, f"the provider heard {heard:.1f} s of a {question:.1f} s question"
     assert_calls_ended_cleanly(proc, asterisk, history_url(tmp_path), [call_id])

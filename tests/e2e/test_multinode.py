@@ -10,12 +10,14 @@ both nodes' /metrics, scraped from the balancer's side, agree with the engines' 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import signal
 import threading
 import time
 
+import conftest
 import labkit
 import labload
 import multinode
@@ -60,15 +62,7 @@ def health(mn: multinode.Multinode, node: multinode.AsteriskNode) -> dict:
     return json.loads(body) if status == 200 else {}
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
+wait_until = functools.partial(conftest.wait_until, interval=0.2)
 
 
 def assert_all_ok(result: labload.LoadResult, what: str) -> None:
