@@ -277,3 +277,11 @@ def test_one_prompt_default_the_config_models() -> None:
     think = build_settings(defaults)["agent"]["think"]
     assert think["prompt"] == DeepgramProviderSettings.model_fields["prompt"].default
     assert build_settings(defaults)["agent"]["greeting"] == DeepgramProviderSettings.model_fields["greeting"].default
+
+
+def test_a_function_named_like_an_enabled_action_is_refused() -> None:
+    cfg = DeepgramProviderSettings(
+        api_key="k", functions=[{"name": "hangup"}], actions={"hangup": {"enabled": True}}
+    )
+    with pytest.raises(ValueError, match=r"\['hangup'\] declared twice"):
+        build_settings(cfg)

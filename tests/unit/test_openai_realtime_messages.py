@@ -341,3 +341,15 @@ def test_late_audio_of_interrupted_response_is_dropped() -> None:
     out = m.handle(delta("response.output_audio.delta", b"\x02" * 160, resp="resp_2", item="item_2"))
     assert out == [AgentStartedSpeaking(), AgentAudio(b"\x02" * 160)]
     assert m.audio_item_id == "item_2" and m.audio_ms_received == 20.0
+
+
+def test_a_tool_named_like_an_enabled_action_is_refused() -> None:
+    from voiceline.providers.openai_realtime_messages import build_tools
+
+    cfg = OpenAIRealtimeProviderSettings(
+        api_key="k",
+        tools=[{"type": "function", "name": "hangup"}, {"type": "function", "name": "lookup"}],
+        actions={"hangup": {"enabled": True}},
+    )
+    with pytest.raises(ValueError, match=r"\['hangup'\] declared twice"):
+        build_tools(cfg)

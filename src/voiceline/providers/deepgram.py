@@ -43,7 +43,7 @@ from voiceline.providers.deepgram_events import (
     SettingsApplied,
     Welcome,
 )
-from voiceline.providers.functions import dtmf_text, function_definitions, result_text
+from voiceline.providers.functions import dtmf_text, duplicate_names, function_definitions, result_text
 from voiceline.tasks import cancel_and_wait, spawn
 
 if TYPE_CHECKING:
@@ -134,8 +134,7 @@ def build_settings(cfg: DeepgramProviderSettings) -> dict[str, Any]:
         think["prompt"] = cfg.prompt
     # Deepgram's own function list, then the ones the engine runs (actions).
     functions = [_function_settings(fn) for fn in cfg.functions] + function_definitions(cfg.actions)
-    names = [fn["name"] for fn in functions]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = duplicate_names([fn["name"] for fn in functions])
     if duplicates:
         raise ValueError(f"deepgram function name(s) {duplicates} declared twice (functions and actions)")
     if functions:

@@ -7,12 +7,12 @@ its own wire shape (Deepgram ``think.functions``, OpenAI ``tools``, chat-complet
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voiceline.config import ActionsSettings
 
-__all__ = ["dtmf_text", "function_definitions", "result_text"]
+__all__ = ["duplicate_names", "dtmf_text", "function_definitions", "result_text"]
 
 _EMPTY = {"type": "object", "properties": {}}
 
@@ -53,6 +53,12 @@ def function_definitions(actions: ActionsSettings) -> list[dict[str, Any]]:
     for fn in actions.http:
         out.append({"name": fn.name, "description": fn.description, "parameters": dict(fn.parameters)})
     return out
+
+
+def duplicate_names(names: Sequence[Any]) -> list[str]:
+    """The names that occur more than once, sorted: a provider's configured functions
+    and the actions must not share a name (the model could not tell them apart)."""
+    return sorted({str(name) for name in names if names.count(name) > 1})
 
 
 def result_text(result: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from voiceline.audio.formats import AudioFormat
 from voiceline.config import OpenAIRealtimeProviderSettings
-from voiceline.providers.functions import function_definitions
+from voiceline.providers.functions import duplicate_names, function_definitions
 
 # wire format name -> (engine AudioFormat, GA format object, beta format string)
 _WIRE_FORMATS: dict[str, tuple[AudioFormat, dict[str, Any], str]] = {
@@ -141,8 +141,7 @@ def build_tools(config: OpenAIRealtimeProviderSettings) -> list[dict[str, Any]]:
     """``tools`` as configured plus the functions the engine runs (actions)."""
     tools = [dict(tool) for tool in config.tools]
     tools += [{"type": "function", **definition} for definition in function_definitions(config.actions)]
-    names = [t.get("name") for t in tools]
-    duplicates = sorted({str(n) for n in names if n is not None and names.count(n) > 1})
+    duplicates = duplicate_names([t["name"] for t in tools if t.get("name") is not None])
     if duplicates:
         raise ValueError(f"openai_realtime tool name(s) {duplicates} declared twice (tools and actions)")
     return tools
