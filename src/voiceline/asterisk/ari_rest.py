@@ -74,10 +74,7 @@ class AriRestCalls:
 
     async def hangup(self, channel_id: str, reason: str = "normal") -> bool:
         """Hang up a channel. Returns False when it was already gone (404)."""
-        found = await self._call(
-            CHANNEL_HANGUP, path_params={"channelId": channel_id}, query={"reason": reason}, not_found_ok=True
-        )
-        return found is not _NOT_FOUND
+        return await self._call_found(CHANNEL_HANGUP, path_params={"channelId": channel_id}, query={"reason": reason})
 
     async def create_bridge(
         self, bridge_type: str = "mixing", name: str | None = None, bridge_id: str | None = None
@@ -99,8 +96,7 @@ class AriRestCalls:
 
     async def destroy_bridge(self, bridge_id: str) -> bool:
         """Destroy a bridge. Returns False when it was already gone (404)."""
-        found = await self._call(BRIDGE_DESTROY, path_params={"bridgeId": bridge_id}, not_found_ok=True)
-        return found is not _NOT_FOUND
+        return await self._call_found(BRIDGE_DESTROY, path_params={"bridgeId": bridge_id})
 
     async def external_media(
         self,
@@ -141,8 +137,7 @@ class AriRestCalls:
 
     async def stop_playback(self, playback_id: str) -> bool:
         """Stop a playback. Returns False when it had already finished (404), which is normal."""
-        found = await self._call(PLAYBACK_STOP, path_params={"playbackId": playback_id}, not_found_ok=True)
-        return found is not _NOT_FOUND
+        return await self._call_found(PLAYBACK_STOP, path_params={"playbackId": playback_id})
 
     async def get_variable(self, channel_id: str, name: str) -> str | None:
         """Read a channel variable; None when unset.
@@ -186,25 +181,18 @@ class AriRestCalls:
             if isinstance(priority, bool) or not isinstance(priority, int) or priority < 1:
                 raise ValueError(f"continue_in_dialplan: priority must be a positive integer, got {priority!r}")
             query["priority"] = str(priority)
-        found = await self._call(
-            CHANNEL_CONTINUE, path_params={"channelId": channel_id}, query=query, not_found_ok=True
-        )
-        return found is not _NOT_FOUND
+        return await self._call_found(CHANNEL_CONTINUE, path_params={"channelId": channel_id}, query=query)
 
     async def send_dtmf(self, channel_id: str, digits: str) -> bool:
         """Play DTMF ``digits`` on the channel (towards its far end); False when it is gone (404)."""
-        found = await self._call(
-            CHANNEL_DTMF, path_params={"channelId": channel_id}, query={"dtmf": digits}, not_found_ok=True
-        )
-        return found is not _NOT_FOUND
+        return await self._call_found(CHANNEL_DTMF, path_params={"channelId": channel_id}, query={"dtmf": digits})
 
     async def redirect(self, channel_id: str, endpoint: str) -> bool:
         """Redirect the channel to ``endpoint`` (e.g. ``PJSIP/100``; the channel driver moves
         the call, a SIP 302 for PJSIP). False when the channel is gone (404)."""
-        found = await self._call(
-            CHANNEL_REDIRECT, path_params={"channelId": channel_id}, query={"endpoint": endpoint}, not_found_ok=True
+        return await self._call_found(
+            CHANNEL_REDIRECT, path_params={"channelId": channel_id}, query={"endpoint": endpoint}
         )
-        return found is not _NOT_FOUND
 
     async def list_channels(self) -> list[dict[str, Any]]:
         """Every channel Asterisk has (not only this application's), as ARI Channel objects."""
@@ -213,6 +201,17 @@ class AriRestCalls:
     async def list_bridges(self) -> list[dict[str, Any]]:
         """Every bridge Asterisk has, as ARI Bridge objects."""
         return _expect_list_of_objects(await self._call(BRIDGES_LIST), BRIDGES_LIST)
+
+    async def _call_found(
+        self,
+        endpoint: AriEndpoint,
+        *,
+        path_params: Mapping[str, str],
+        query: Mapping[str, str] | None = None,
+    ) -> bool:
+        """A call whose only answer is whether the resource existed: False for a 404."""
+        result = await self._call(endpoint, path_params=path_params, query=query, not_found_ok=True)
+        return result is not _NOT_FOUND
 
     async def _call(
         self,
