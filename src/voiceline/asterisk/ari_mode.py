@@ -387,7 +387,7 @@ class AriMode:
             return
         resources.released = True
         ari = self.ari
-        steps: list[tuple[str, Callable[[], Awaitable[bool]]]] = []
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         for playback in resources.unfinished():
             steps.append(("stop_playback", lambda p=playback.playback_id: ari.stop_playback(p)))
         for playback_id in resources.playbacks:
@@ -402,22 +402,25 @@ class AriMode:
         if resources.transfer_to is None:  # a transferred caller belongs to the dialplan now
             steps.append(("hangup_caller", lambda: ari.hangup(resources.channel_id)))
         for step, action in steps:
-            try:
-                await action()  # a 404 (already gone) comes back as False, not an error
-            except AriError as exc:
-                log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
-            except Exception:
-                log.exception("ari_cleanup_failed", call_id=call_id, step=step)
+            await _cleanup_step(call_id, step, action)
 
     async def _remove(self, call_id: str, step: str, action: Callable[[str], Awaitable[bool]], resource_id: str) -> None:
         """Remove a resource the setup created after the call's teardown had run."""
-        try:
-            await action(resource_id)
+        if await _cleanup_step(call_id, step, lambda: action(resource_id)):
             log.info("ari_late_resource_removed", call_id=call_id, step=step, resource_id=resource_id)
-        except AriError as exc:
-            log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
-        except Exception:
-            log.exception("ari_cleanup_failed", call_id=call_id, step=step)
+
+
+async def _cleanup_step(call_id: str, step: str, action: Callable[[], Awaitable[object]]) -> bool:
+    """Run one cleanup step; a failure is logged (the other steps still run). True if it ran."""
+    try:
+        await action()  # a 404 (already gone) comes back as False, not an error
+    except AriError as exc:
+        log.warning("ari_cleanup_failed", call_id=call_id, step=step, error=str(exc))
+    except Exception:
+        log.exception("ari_cleanup_failed", call_id=call_id, step=step)
+    else:
+        return True
+    return False
 
 
 def _rate_suffix(rate: int) -> str:
