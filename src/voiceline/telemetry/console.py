@@ -50,7 +50,7 @@ log = structlog.get_logger("voiceline.console")
 
 PREFIX = pages.PREFIX
 COOKIE_NAME = "voiceline_console"
-CONSOLE_STYLESHEET = f"{PREFIX}/static/console.css"
+CONSOLE_STYLESHEET = pages.STYLESHEET_PATH
 PAGE_SIZE = 50
 _COOKIE_CONTEXT = b"voiceline console session v1"
 _TOKEN_QUERY = "token"
@@ -143,7 +143,7 @@ class Console:
         add(f"{PREFIX}/api/calls", self._history_json, allow_head=False)
         add(f"{PREFIX}/api/calls/{{call_id}}", self._call_json, allow_head=False)
         add(CONSOLE_STYLESHEET, self._css, allow_head=False)
-        add(f"{PREFIX}/static/live.js", self._js, allow_head=False)
+        add(pages.LIVE_SCRIPT_PATH, self._js, allow_head=False)
 
     # ---- live
 

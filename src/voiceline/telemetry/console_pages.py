@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 PREFIX = "/console"
+# Where console.py serves CONSOLE_CSS and LIVE_JS; the pages link to them.
+STYLESHEET_PATH = f"{PREFIX}/static/console.css"
+LIVE_SCRIPT_PATH = f"{PREFIX}/static/live.js"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def render_live(rows: Sequence[Mapping[str, Any]], *, generated_at: str, summary
 <p id="live-empty" class="empty"{hidden}>No live calls.</p>"""
     # Without JavaScript the page reloads itself every second instead of polling.
     extra_head = ('<noscript><meta http-equiv="refresh" content="1"></noscript>\n'
-                  f'<script src="{PREFIX}/static/live.js" defer></script>')
+                  f'<script src="{LIVE_SCRIPT_PATH}" defer></script>')
     return _page("Live calls", "live", content, extra_head=extra_head)
 
 
@@ -275,7 +278,7 @@ def _page(title: str, section: str, content: str, *, extra_head: str = "") -> st
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · voiceline</title>
-<link rel="stylesheet" href="{PREFIX}/static/console.css">
+<link rel="stylesheet" href="{STYLESHEET_PATH}">
 {extra_head}
 </head>
 <body>
