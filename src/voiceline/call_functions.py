@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from voiceline.config import ActionsSettings, Settings
 from voiceline.core.actions import CallActions, FunctionExecutor, Handler, TransferTo, telephony_handlers
-from voiceline.core.call import Call
+from voiceline.core.call import Call, EndCall
 from voiceline.core.stream_events import StreamState
 from voiceline.functions_http import http_handler
 
@@ -60,7 +60,7 @@ def functions_factory(settings: Settings):  # -> core.engine.FunctionsFactory
     }
 
     def make(call: Call, provider: str, actions: CallActions | None,
-             end_call: Callable[[str, str], Awaitable[None]]) -> FunctionExecutor | None:
+             end_call: EndCall) -> FunctionExecutor | None:
         cfg = per_provider.get(provider)
         if cfg is None:
             return None  # a provider without functions (echo)

@@ -18,7 +18,7 @@ import structlog
 from voiceline.audio.formats import AudioFormat
 from voiceline.core.actions import CallActions, FunctionExecutor
 from voiceline.core.barge_in import BargeInParams
-from voiceline.core.call import Call
+from voiceline.core.call import Call, EndCall
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.media import PlaybackControl
 from voiceline.core.models import CallSession, CallState
@@ -32,8 +32,7 @@ log = structlog.get_logger("voiceline.engine")
 ReleaseStep = Callable[[Call], Awaitable[None]]
 # (call, provider name, the mode's telephony actions or None, end_call) -> the call's
 # function executor, or None when its provider offers no functions (core.actions).
-FunctionsFactory = Callable[[Call, str, "CallActions | None", Callable[[str, str], Awaitable[None]]],
-                            "FunctionExecutor | None"]
+FunctionsFactory = Callable[[Call, str, "CallActions | None", EndCall], "FunctionExecutor | None"]
 
 
 class ProviderChoice(Protocol):
