@@ -18,7 +18,7 @@ A call record is a plain dict. Known keys map to columns: ``call_id`` (required)
 ``started_at``/``ended_at`` (epoch seconds, ``datetime`` or ISO text), ``duration_s``,
 ``mode``, ``provider``, ``end_reason`` (or ``outcome``), ``caller_id``, ``metrics``
 (dict), ``transcript`` (list), ``tuning_hint`` (text), ``timeline`` (list, see
-``voiceline.telemetry.report``). Every other key is merged into ``metrics``, so
+``voiceline.telemetry.timeline``). Every other key is merged into ``metrics``, so
 ``app.call_summary(call)`` can be passed as it is.
 
 Nothing is lost while the database is away: a failed write drops the pooled

@@ -22,7 +22,6 @@ kind                value
 ``soft_pause``      None: likely caller speech paused the agent (soft barge-in)
 ``soft_resume``     None: the speech was not confirmed; the agent played on
 ==================  ===============================================================
-
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ class TimelineRecorder:
             raise ValueError(f"max_events must be at least 2, got {max_events}")
         self._start_s = start_s
         self._max_events = max_events
-        self._events: list[list[Any]] = []
+        self._events: list[tuple[int, str, Any]] = []
         self._interval_ms = {"depth": DEPTH_INTERVAL_MS, "caller_energy": ENERGY_INTERVAL_MS}
         self._next_sample_ms = {"depth": 0, "caller_energy": 0}
         self.dropped = 0
