@@ -37,3 +37,11 @@ def test_payload_offers_tools_and_goes_on_without_a_new_user_message() -> None:
     # A window that would start with a bare tool result drops it.
     assert [m["role"] for m in short.build_payload(history, "next")["messages"][1:]] == ["user"]
     assert "tools" not in short.build_payload(history, "next")
+
+
+def test_tool_call_arguments_become_a_mapping_whatever_the_model_sent() -> None:
+    from voiceline.providers.functions import arguments_from_json
+
+    assert arguments_from_json('{"zone": "UTC"}') == {"zone": "UTC"}
+    assert arguments_from_json("[1, 2]") == {"_value": [1, 2]}
+    assert arguments_from_json('{"zone": ') == {"_raw": '{"zone": '}

@@ -12,7 +12,7 @@ from typing import Any
 
 from voiceline.config import ActionsSettings
 
-__all__ = ["duplicate_names", "dtmf_text", "function_definitions", "result_text"]
+__all__ = ["arguments_from_json", "duplicate_names", "dtmf_text", "function_definitions", "result_text"]
 
 _EMPTY = {"type": "object", "properties": {}}
 
@@ -59,6 +59,17 @@ def duplicate_names(names: Sequence[Any]) -> list[str]:
     """The names that occur more than once, sorted: a provider's configured functions
     and the actions must not share a name (the model could not tell them apart)."""
     return sorted({str(name) for name in names if names.count(name) > 1})
+
+
+def arguments_from_json(text: str) -> dict[str, Any]:
+    """The model's function arguments from their JSON text: an object as it is, any
+    other JSON value as ``{"_value": value}``, text that is not JSON as ``{"_raw": text}``
+    (the engine's function then reports what is wrong with them)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"_value": value}
 
 
 def result_text(result: Mapping[str, Any]) -> str:

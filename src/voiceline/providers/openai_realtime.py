@@ -29,7 +29,7 @@ import structlog
 
 from voiceline.audio.formats import AudioFormat
 from voiceline.config import OpenAIRealtimeProviderSettings
-from voiceline.providers.functions import dtmf_text, result_text
+from voiceline.providers.functions import arguments_from_json, dtmf_text, result_text
 from voiceline.providers.openai_realtime_messages import (  # re-exported: the module's public API
     BENIGN_ERROR_CODES,
     build_audio_append as build_audio_append,
@@ -208,12 +208,13 @@ class RealtimeEventMapper:
             str(event.get("item_id") or ""), ""
         )
         raw = event.get("arguments") or "{}"
-        try:
-            arguments = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        except (json.JSONDecodeError, TypeError, ValueError):
-            arguments = {"_raw": raw}
-        if not isinstance(arguments, dict):
-            arguments = {"_value": arguments}
+        if isinstance(raw, str):
+            arguments = arguments_from_json(raw)
+        else:
+            try:
+                arguments = dict(raw)
+            except (TypeError, ValueError):
+                arguments = {"_raw": raw}
         return FunctionCallRequest(call_id=call_id, name=str(name), arguments=arguments)
 
 

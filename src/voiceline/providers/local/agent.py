@@ -28,7 +28,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
-import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -53,7 +52,7 @@ from voiceline.providers.base import (
     Transcript,
     UserStartedSpeaking,
 )
-from voiceline.providers.functions import dtmf_text, function_definitions, result_text
+from voiceline.providers.functions import arguments_from_json, dtmf_text, function_definitions, result_text
 from voiceline.providers.local.llm import (
     LLMError,
     OpenAICompatibleLLM,
@@ -374,13 +373,8 @@ class LocalAgentSession(ProviderSession):
         else:
             self._history.append({"role": "assistant", "content": None, "tool_calls": entries})
         for call in calls:
-            try:
-                arguments = json.loads(call.arguments)
-            except ValueError:
-                arguments = {"_raw": call.arguments}
             self._pending_tools[call.id] = call.name
-            self._emit(FunctionCallRequest(call_id=call.id, name=call.name,
-                                           arguments=arguments if isinstance(arguments, dict) else {"_value": arguments}))
+            self._emit(FunctionCallRequest(call_id=call.id, name=call.name, arguments=arguments_from_json(call.arguments)))
 
     async def _go_on(self, turn_id: int) -> None:
         await self._reply(turn_id, None, TurnTimings(utterance_end=self._clock(), transcript=self._clock()))
