@@ -9,6 +9,8 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 
+from ari_fake import wait_for_condition
+
 from voiceline.asterisk.ari import AriError
 from voiceline.asterisk.ari_mode import AriMode
 from voiceline.asterisk.audiosocket import AudioSocketServer
@@ -227,9 +229,5 @@ class AriRig:
 
 
 async def wait_for(predicate, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+    """``ari_fake.wait_for_condition`` with this harness's shorter default timeout."""
+    await wait_for_condition(predicate, timeout)
