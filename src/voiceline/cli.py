@@ -56,11 +56,17 @@ def _print_warnings(warnings: list[str]) -> None:
         print(f"warning: {item}", file=sys.stderr)
 
 
+def load_and_build_or_exit(path: Path, overrides: dict | None = None) -> tuple[Settings, Parts, list[str]]:
+    """``load_or_exit``, its warnings printed, then ``build_or_exit``: what every command
+    that runs the engine's parts starts with."""
+    settings, warnings = load_or_exit(path, overrides)
+    _print_warnings(warnings)
+    return settings, build_or_exit(settings, path), warnings
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.path)
-    settings, warnings = load_or_exit(path)
-    _print_warnings(warnings)
-    build_or_exit(settings, path)
+    settings, _, _ = load_and_build_or_exit(path)
     print(f"# {path}: valid (config hash {settings.digest()})")
     print(yaml.safe_dump(settings.masked(), sort_keys=False, default_flow_style=False), end="")
     return 0
@@ -82,9 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.provider:
         overrides["default_provider"] = args.provider
     path = _config_path(args.config)
-    settings, warnings = load_or_exit(path, overrides)
-    _print_warnings(warnings)
-    parts = build_or_exit(settings, path)
+    settings, parts, warnings = load_and_build_or_exit(path, overrides)
     if settings.mode == "ari" and not settings.asterisk.password.get_secret_value():
         print("voiceline: asterisk.password is empty in ari mode: export ARI_PASSWORD "
               "(the password of the ARI user in ari.conf), or use --mode audiosocket", file=sys.stderr)
@@ -113,9 +117,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     configure_logging("WARNING", "console", {})
     overrides = {"mode": args.mode} if args.mode else {}
     path = _config_path(args.config)
-    settings, warnings = load_or_exit(path, overrides)
-    _print_warnings(warnings)
-    parts = build_or_exit(settings, path)
+    settings, parts, _ = load_and_build_or_exit(path, overrides)
     report, healthy = doctor(settings, parts.providers)
     print(report)
     print("all required checks passed" if healthy else "some required checks failed")
