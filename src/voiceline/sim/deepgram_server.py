@@ -429,22 +429,9 @@ class DeepgramSimulator:
             await self._function_turn(sess, intent)
             return
         if opts.call_function and self._declares_function(sess, opts.call_function):
-            call_id = f"call_{uuid.uuid4().hex[:12]}"
-            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            sess.function_results[call_id] = fut
             args = {"caller_seconds": round(caller_seconds or 0.0, 2), "utterance": user_text}
-            await self._send(
-                sess,
-                {
-                    "type": "FunctionCallRequest",
-                    "functions": [
-                        {"id": call_id, "name": opts.call_function, "arguments": json.dumps(args), "client_side": True}
-                    ],
-                },
-            )
-            try:
-                await asyncio.wait_for(fut, timeout=10.0)
-            except TimeoutError:
+            _, response = await self._request_function(sess, opts.call_function, args, timeout_s=10.0)
+            if response is None:
                 log.info("sim function result not received in 10 s; answering anyway", name=opts.call_function)
         await asyncio.sleep(opts.think_delay_s)
         ttt = time.monotonic() - started
@@ -457,15 +444,10 @@ class DeepgramSimulator:
         await asyncio.sleep(sess.options.think_delay_s)
         if intent.say_before:
             await self._agent_turn(sess, intent.say_before, kind="answer")
-        call_id = f"call_{uuid.uuid4().hex[:12]}"
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        sess.function_results[call_id] = fut
-        await self._send(sess, {"type": "FunctionCallRequest", "functions": [
-            {"id": call_id, "name": intent.function, "arguments": json.dumps(intent.arguments), "client_side": True}
-        ]})
-        try:
-            response = await asyncio.wait_for(fut, timeout=FUNCTION_RESULT_WAIT_S)
-        except TimeoutError:
+        call_id, response = await self._request_function(
+            sess, intent.function, intent.arguments, timeout_s=FUNCTION_RESULT_WAIT_S
+        )
+        if response is None:
             log.info("sim function result not received; the turn ends", name=intent.function)
             sess.function_calls.append({"name": intent.function, "id": call_id, "content": None})
             return
@@ -473,6 +455,22 @@ class DeepgramSimulator:
         reply = reply_after(intent, response["content"])
         if reply:
             await self._agent_turn(sess, reply, kind="answer")
+
+    async def _request_function(
+        self, sess: SimSession, name: str, arguments: dict[str, Any], *, timeout_s: float
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Send a client-side ``FunctionCallRequest`` and wait up to ``timeout_s`` for its
+        ``FunctionCallResponse``: (the request's id, the response, None if none came)."""
+        call_id = f"call_{uuid.uuid4().hex[:12]}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        sess.function_results[call_id] = fut
+        await self._send(sess, {"type": "FunctionCallRequest", "functions": [
+            {"id": call_id, "name": name, "arguments": json.dumps(arguments), "client_side": True}
+        ]})
+        try:
+            return call_id, await asyncio.wait_for(fut, timeout=timeout_s)
+        except TimeoutError:
+            return call_id, None
 
     @staticmethod
     def _declared_functions(sess: SimSession) -> list[str]:
