@@ -376,10 +376,9 @@ class LocalAgentSession(ProviderSession):
             self._pending_tools[call.id] = call.name
             self._emit(FunctionCallRequest(call_id=call.id, name=call.name, arguments=arguments_from_json(call.arguments)))
 
-    async def _go_on(self, turn_id: int) -> None:
-        await self._reply(turn_id, None, TurnTimings(utterance_end=self._clock(), transcript=self._clock()))
-
-    async def _answer_keypress(self, text: str, turn_id: int) -> None:
+    async def _reply_now(self, text: str | None, turn_id: int) -> None:
+        """A turn with nothing to recognise: a keypress told as text, or (None) going on
+        after function results."""
         await self._reply(turn_id, text, TurnTimings(utterance_end=self._clock(), transcript=self._clock()))
 
     async def send_dtmf(self, digit: str) -> None:
@@ -387,7 +386,7 @@ class LocalAgentSession(ProviderSession):
         text = dtmf_text(self.settings.actions, digit)
         if text is None or not self._started or self._closed:
             return
-        self._begin_turn(functools.partial(self._answer_keypress, text))
+        self._begin_turn(functools.partial(self._reply_now, text))
 
     async def send_function_result(self, call_id: str, result: Mapping[str, Any]) -> bool:
         """An LLM's function call: the result goes into the conversation and, once every
@@ -399,7 +398,7 @@ class LocalAgentSession(ProviderSession):
             del self._pending_tools[call_id]
             self._history.append({"role": "tool", "tool_call_id": call_id, "content": result_text(result)})
             if not self._pending_tools:
-                self._begin_turn(self._go_on)
+                self._begin_turn(functools.partial(self._reply_now, None))
             return True
         if "error" in result:
             self._log.warning("function failed; apologising", function_call=call_id, error=result["error"])
