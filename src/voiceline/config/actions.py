@@ -8,7 +8,6 @@ functions itself (one path for every provider) and answers the model with the re
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -28,7 +27,6 @@ BUILTIN_DESCRIPTIONS = {
     "send_dtmf": "Send DTMF tones (digits 0-9, *, #, A-D) on the call, e.g. to navigate a phone menu.",
     "get_call_info": "Get what is known about this call: the caller's number and channel variables.",
 }
-_DTMF_DIGITS = re.compile(r"^[0-9A-Da-d*#]+$")
 
 
 class TransferTarget(Strict):
@@ -157,12 +155,5 @@ class ActionsSettings(Strict):
             seen.add(fn.name)
         return self
 
-    def enabled_builtins(self) -> list[str]:
-        return [name for name in BUILTIN_ACTIONS if getattr(self, name).enabled]
-
     def description_of(self, name: str) -> str:
         return getattr(self, name).description or BUILTIN_DESCRIPTIONS[name]
-
-
-def valid_dtmf(digits: str) -> bool:
-    return bool(_DTMF_DIGITS.match(digits))
