@@ -74,10 +74,9 @@ class EchoProvider(Provider):
 
     def __init__(self, settings: EchoProviderSettings | None = None) -> None:
         self.settings = settings if settings is not None else EchoProviderSettings()
-        self.delay_ms = self.settings.delay_ms
 
     def availability(self) -> tuple[bool, str]:
         return True, "always available"
 
     def create_session(self, ctx: CallContext) -> ProviderSession:
-        return EchoSession(self.delay_ms)
+        return EchoSession(self.settings.delay_ms)
