@@ -106,12 +106,13 @@ class SimConnection:
 
     async def send(self, event: dict[str, Any]) -> None:
         event.setdefault("event_id", new_id("event"))
-        # Kept for tests (audio payloads elided, so long calls stay small).
-        self.sent.append({**event, "delta": ""} if event["type"].endswith("audio.delta") else json.loads(json.dumps(event)))
+        text = json.dumps(event)
+        # Kept for tests (audio payloads elided, so long calls stay small; the rest as sent).
+        self.sent.append({**event, "delta": ""} if event["type"].endswith("audio.delta") else json.loads(text))
         if self.ws.closed:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_str(json.dumps(event))
+            await self.ws.send_str(text)
 
     async def error(self, code: str, message: str, param: str | None = None, client_event_id: str | None = None) -> None:
         err = {"type": "invalid_request_error", "code": code, "message": message, "param": param,
