@@ -53,10 +53,9 @@ def build_handlers(
 
 
 def functions_factory(settings: Settings):  # -> core.engine.FunctionsFactory
+    # Every provider section with an ``actions`` block offers functions; no names listed here.
     per_provider: dict[str, ActionsSettings] = {
-        "deepgram": settings.providers.deepgram.actions,
-        "openai_realtime": settings.providers.openai_realtime.actions,
-        "local": settings.providers.local.actions,
+        name: section.actions for name, section in settings.providers if hasattr(section, "actions")
     }
 
     def make(call: Call, provider: str, actions: CallActions | None,
