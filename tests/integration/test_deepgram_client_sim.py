@@ -36,7 +36,6 @@ from voiceline.providers.base import (
     FunctionCallRequest,
     ProviderClosed,
     ProviderError,
-    ProviderEvent,
     ProviderWarning,
     Transcript,
     UserStartedSpeaking,
@@ -50,6 +49,8 @@ from voiceline.providers.deepgram import (
 )
 from voiceline.sim.deepgram_sim import PATTERNS, DeepgramSimulator, delivery_plan
 from voiceline.sim.speech import SpeechDetector, encode_pcm, silence, synthesize
+
+from provider_events import EventCollector
 
 GREETING = "Hello there."
 CALLER = "Hi, I would like to check my order please."
@@ -87,52 +88,14 @@ async def make_sim() -> AsyncIterator[Callable[..., Any]]:
         await sim.stop()
 
 
-class Collector:
-    """Drains a session's events() the way the engine does, into a list."""
-
-    def __init__(self, session: DeepgramSession) -> None:
-        self.session = session
-        self.events: list[ProviderEvent] = []
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for event in self.session.events():
-            self.events.append(event)
-            self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[ProviderEvent], bool], timeout: float = 10.0, count: int = 1) -> None:
-        async def loop() -> None:
-            while sum(1 for e in self.events if predicate(e)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def audio(self) -> bytes:
-        return b"".join(e.data for e in self.of(AgentAudio))
-
-    def kinds(self) -> list[str]:
-        """Event names in order, with runs of AgentAudio collapsed to one."""
-        out: list[str] = []
-        for e in self.events:
-            name = type(e).__name__
-            if not (name == "AgentAudio" and out and out[-1] == name):
-                out.append(name)
-        return out
-
-
-async def started(cfg: DeepgramProviderSettings) -> tuple[DeepgramSession, Collector]:
+async def started(cfg: DeepgramProviderSettings) -> tuple[DeepgramSession, EventCollector]:
     session = DeepgramSession(cfg)
-    collector = Collector(session)
+    collector = EventCollector(session)
     await session.start()
     return session, collector
 
 
-async def finish(session: DeepgramSession, collector: Collector) -> None:
+async def finish(session: DeepgramSession, collector: EventCollector) -> None:
     await session.close()
     await asyncio.wait_for(collector.task, 5)
     assert isinstance(collector.events[-1], ProviderClosed)
@@ -228,7 +191,7 @@ async def test_handshake_and_greeting(make_sim: Callable[..., Any]) -> None:
 async def test_audio_before_settings_applied_is_not_lost(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(settings_delay_s=0.4)
     session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
-    events = Collector(session)
+    events = EventCollector(session)
     rng = random.Random(7)
     sent = bytearray()
 
@@ -256,7 +219,7 @@ async def test_audio_before_settings_applied_is_not_lost(make_sim: Callable[...,
 async def test_pre_settings_buffer_is_bounded(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(settings_delay_s=0.3)
     session = DeepgramSession(dg_settings(url=sim.url, api_key="k", pre_settings_buffer_ms=100))
-    events = Collector(session)
+    events = EventCollector(session)
     chunks = [bytes([i]) * 160 for i in range(25)]  # 500 ms
     for chunk in chunks:
         await session.send_audio(chunk)
@@ -339,7 +302,7 @@ async def test_every_delivery_pattern_delivers_identical_audio(
 async def test_bad_settings_make_start_raise(make_sim: Callable[..., Any]) -> None:
     sim = await make_sim(error_on_settings="Invalid think model for this project")
     session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
-    events = Collector(session)
+    events = EventCollector(session)
     with pytest.raises(DeepgramSettingsError, match="Invalid think model for this project"):
         await session.start()
     await asyncio.wait_for(events.task, 5)
@@ -422,7 +385,7 @@ async def test_close_during_start(make_sim: Callable[..., Any]) -> None:
     """The caller hangs up while Settings is being applied: start() fails cleanly."""
     sim = await make_sim(settings_delay_s=0.5)
     session = DeepgramSession(dg_settings(url=sim.url, api_key="k"))
-    events = Collector(session)
+    events = EventCollector(session)
     start = asyncio.create_task(session.start())
     await wait_until(lambda: bool(sim.sessions) and bool(sim.sessions[0].received_messages))
     await session.send_audio(b"\xff" * 160)

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,7 +24,6 @@ from voiceline.providers.base import (
     AgentStartedSpeaking,
     ProviderClosed,
     ProviderError,
-    ProviderEvent,
     ProviderWarning,
     Transcript,
 )
@@ -32,6 +31,8 @@ from voiceline.providers.deepgram import DeepgramError, DeepgramSession
 from voiceline.providers.deepgram_events import MALFORMED_JSON
 from voiceline.sim.deepgram_sim import FAULTS, DeepgramSimulator
 from voiceline.sim.speech import encode_pcm, silence, synthesize
+
+from provider_events import EventCollector
 
 GREETING = "Hello there."
 CALLER = "Hi, I would like to check my order please."
@@ -53,29 +54,6 @@ async def sim() -> AsyncIterator[DeepgramSimulator]:
     await simulator.stop()
 
 
-class Events:
-    def __init__(self, session: DeepgramSession) -> None:
-        self.items: list[ProviderEvent] = []
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._run(session))
-
-    async def _run(self, session: DeepgramSession) -> None:
-        async for event in session.events():
-            self.items.append(event)
-            self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[ProviderEvent], bool], count: int = 1, timeout: float = 10.0) -> None:
-        async def loop() -> None:
-            while sum(1 for e in self.items if predicate(e)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
-
-    def of(self, kind: type) -> list[Any]:
-        return [e for e in self.items if isinstance(e, kind)]
-
-
 def settings(url: str, **kw: Any) -> DeepgramProviderSettings:
     kw.setdefault("greeting", None)
     return DeepgramProviderSettings(url=url, api_key="k", **kw)
@@ -94,14 +72,14 @@ def test_every_fault_is_tested_here() -> None:
 
 async def test_close_mid_turn_ends_the_session_with_an_error(sim: DeepgramSimulator) -> None:
     session = DeepgramSession(settings(f"{sim.url}?fault=close-mid-turn&speed=1&long_answer_s=4"))
-    events = Events(session)
+    events = EventCollector(session)
     await session.start()
     await speak(session)
     await events.wait_for(lambda e: isinstance(e, AgentAudio))
     await asyncio.wait_for(events.task, 10)  # events() ends on its own
     assert not events.of(AgentAudioDone)
     assert events.of(AgentStartedSpeaking)
-    closed = events.items[-1]
+    closed = events.events[-1]
     assert isinstance(closed, ProviderClosed) and closed.error
     fatal = events.of(ProviderError)
     assert len(fatal) == 1 and fatal[0].fatal and fatal[0].message == closed.reason
@@ -113,7 +91,7 @@ async def test_close_mid_turn_ends_the_session_with_an_error(sim: DeepgramSimula
 
 async def test_malformed_json_gives_a_warning_and_no_audio_done(sim: DeepgramSimulator) -> None:
     session = DeepgramSession(settings(f"{sim.url}?fault=malformed-json", greeting=GREETING))
-    events = Events(session)
+    events = EventCollector(session)
     await session.start()
     await events.wait_for(lambda e: isinstance(e, ProviderWarning) and e.code == MALFORMED_JSON)
     await speak(session)
@@ -127,30 +105,30 @@ async def test_malformed_json_gives_a_warning_and_no_audio_done(sim: DeepgramSim
         json.loads(sim.sessions[0].sent_raw[0])
     await session.close()
     await asyncio.wait_for(events.task, 5)
-    assert events.items[-1] == ProviderClosed("call ended")
+    assert events.events[-1] == ProviderClosed("call ended")
 
 
 async def test_error_after_greeting_is_reported_and_the_session_goes_on(sim: DeepgramSimulator) -> None:
     session = DeepgramSession(settings(f"{sim.url}?fault=error", greeting=GREETING))
-    events = Events(session)
+    events = EventCollector(session)
     await session.start()
     await events.wait_for(lambda e: isinstance(e, ProviderError))
     (error,) = events.of(ProviderError)
     assert not error.fatal and error.code == "SIMULATED_FAULT" and "Simulated fault" in error.message
     # After the greeting turn.
-    assert events.items.index(events.of(AgentAudioDone)[0]) < events.items.index(error)
+    assert events.events.index(events.of(AgentAudioDone)[0]) < events.events.index(error)
     await speak(session)
     await events.wait_for(lambda e: isinstance(e, AgentAudioDone), count=2)
-    assert Transcript("assistant", sim.defaults.answer_text) in events.items
+    assert Transcript("assistant", sim.defaults.answer_text) in events.events
     assert len(events.of(ProviderError)) == 1
     await session.close()
     await asyncio.wait_for(events.task, 5)
-    assert events.items[-1] == ProviderClosed("call ended")
+    assert events.events[-1] == ProviderClosed("call ended")
 
 
 async def test_error_without_greeting_comes_after_settings_applied(sim: DeepgramSimulator) -> None:
     session = DeepgramSession(settings(f"{sim.url}?fault=error"))
-    events = Events(session)
+    events = EventCollector(session)
     await session.start()  # the Error follows SettingsApplied: not a refused session
     await events.wait_for(lambda e: isinstance(e, ProviderError))
     assert not events.of(ProviderError)[0].fatal
@@ -159,14 +137,14 @@ async def test_error_without_greeting_comes_after_settings_applied(sim: Deepgram
 
 async def test_no_welcome_makes_start_raise_within_the_timeout(sim: DeepgramSimulator) -> None:
     session = DeepgramSession(settings(f"{sim.url}?fault=no-welcome", connect_timeout_s=0.5))
-    events = Events(session)
+    events = EventCollector(session)
     loop = asyncio.get_running_loop()
     began = loop.time()
     with pytest.raises(DeepgramError, match=r"no Welcome within 0\.5s"):
         await session.start()
     assert loop.time() - began < 2.0
     await asyncio.wait_for(events.task, 5)
-    assert len(events.items) == 1 and isinstance(events.items[0], ProviderClosed) and events.items[0].error
+    assert len(events.events) == 1 and isinstance(events.events[0], ProviderClosed) and events.events[0].error
     assert sim.sessions[0].sent_messages == []
 
 

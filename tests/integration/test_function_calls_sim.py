@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from deepgram.agent.v1.types import AgentV1InjectUserMessage, AgentV1SendFunctionCallResponse
 
+from provider_events import EventCollector
+
 from voiceline.config import ActionsSettings, DeepgramProviderSettings, HttpFunction
 from voiceline.core.actions import ActionError, FunctionExecutor
 from voiceline.functions_http import MAX_REDIRECTS, call_http_function
 from voiceline.call_functions import build_handlers
-from voiceline.providers.base import FunctionCallRequest, ProviderEvent, Transcript
+from voiceline.providers.base import FunctionCallRequest, Transcript
 from voiceline.providers.deepgram import DeepgramSession
 from voiceline.sim.deepgram_sim import DeepgramSimulator
 from voiceline.sim.sim_intents import APOLOGY
@@ -123,29 +125,6 @@ async def test_unreachable_service_is_an_action_error():
 # ---- through the Deepgram client and simulator ---------------------------------------------
 
 
-class Collector:
-    def __init__(self, session: Any) -> None:
-        self.events: list[ProviderEvent] = []
-        self._changed = asyncio.Event()
-        self.task = asyncio.create_task(self._run(session))
-
-    async def _run(self, session: Any) -> None:
-        async for event in session.events():
-            self.events.append(event)
-            self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[ProviderEvent], bool], timeout: float = 15.0) -> ProviderEvent:
-        async def loop() -> ProviderEvent:
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-        return await asyncio.wait_for(loop(), timeout)
-
-
 async def _deepgram(service: Service, path: str, **actions: Any):
     sim = DeepgramSimulator(think_delay_s=0.0, speed=20.0)
     await sim.start()
@@ -154,7 +133,7 @@ async def _deepgram(service: Service, path: str, **actions: Any):
         actions=ActionsSettings(http=[fn(service, path, description="the time now")], **actions),
     )
     session = DeepgramSession(cfg)
-    events = Collector(session)
+    events = EventCollector(session, timeout_s=15.0)
     await session.start()
 
     async def never(reason: str) -> None:
@@ -256,6 +235,7 @@ from voiceline.providers.openai_realtime import OpenAIRealtimeSession  # noqa: E
 from voiceline.sim.openai_sim import OpenAIRealtimeSimulator  # noqa: E402
 from voiceline.sim.speech import synthesize  # noqa: E402
 
+
 def _by_type(union: Any) -> dict[str, type[BaseModel]]:
     """The union's member models by their ``type`` literal (precise errors, not 100 union ones)."""
     members = typing.get_args(typing.get_args(union)[0]) if typing.get_origin(union) is typing.Annotated \
@@ -301,7 +281,7 @@ async def _openai(service: Service, path: str, transcript: str):
                                 hangup={"enabled": True}),
     )
     session = OpenAIRealtimeSession(cfg)
-    events = Collector(session)
+    events = EventCollector(session, timeout_s=15.0)
     await session.start()
 
     async def hangup(reason: str) -> None:
@@ -381,7 +361,7 @@ async def test_openai_barge_in_messages_are_valid_types(service, loop_errors):
     await sim.start()
     cfg = OpenAIRealtimeProviderSettings(url=sim.url, api_key="sk-sim", greeting="Hello there.")
     session = OpenAIRealtimeSession(cfg)
-    events = Collector(session)
+    events = EventCollector(session, timeout_s=15.0)
     await session.start()
     await events.wait_for(lambda e: type(e).__name__ == "AgentAudio")
     await session.interrupt(played_ms=100)
@@ -404,7 +384,7 @@ async def test_openai_keypress_after_a_cancel_the_server_rejected_is_still_answe
     sim = OpenAIRealtimeSimulator(reply_text="Hi.", delta_interval_s=0.0)
     await sim.start()
     session = OpenAIRealtimeSession(OpenAIRealtimeProviderSettings(url=sim.url, api_key="sk-sim", greeting="Hi."))
-    events = Collector(session)
+    events = EventCollector(session, timeout_s=15.0)
     await session.start()
     await events.wait_for(lambda e: type(e).__name__ == "AgentAudioDone")
     session.mapper.response_in_progress = True  # as if the done had not arrived yet
