@@ -411,7 +411,9 @@ class AudioSocketServer:
         uuid_timeout_s: float = 5.0,
         write_limit_bytes: int = 65536,
         max_audio_payload: int = DEFAULT_MAX_AUDIO_PAYLOAD,
+        reuse_port: bool = False,  # SO_REUSEPORT: engine worker processes share the port
     ) -> None:
+        self._reuse_port = reuse_port
         if uuid_timeout_s <= 0:
             raise ValueError(f"uuid_timeout_s must be positive, got {uuid_timeout_s}")
         if write_limit_bytes <= HEADER_SIZE:
@@ -454,7 +456,8 @@ class AudioSocketServer:
         self._draining = False
         # A larger accept backlog than asyncio's 100: a burst of calls (or a restart
         # with Asterisk reconnecting) must not leave SYNs waiting on retransmit timers.
-        self._server = await loop.create_server(self._new_connection, self.host, self.port, backlog=LISTEN_BACKLOG)
+        self._server = await loop.create_server(self._new_connection, self.host, self.port, backlog=LISTEN_BACKLOG,
+                                               reuse_port=self._reuse_port or None)
         log.info("audiosocket_listening", host=self.host, port=self.bound_port)
 
     def stop_accepting(self) -> None:
