@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -43,12 +43,20 @@ class App:
         *,
         clock: Callable[[], float] | None = None,
         parts: Parts | None = None,
+        metrics: Metrics | None = None,
+        reuse_port: bool = False,
+        started_event: str = "voiceline_started",
     ) -> None:
         """``parts``: StreamParams and providers already built by ``wiring.build_parts``
-        (``serve`` checks them before starting); built here otherwise."""
+        (``serve`` checks them before starting); built here otherwise. An engine worker
+        process (``voiceline.workers``) passes its ``metrics``, shares the AudioSocket port
+        (``reuse_port``) and logs ``started_event`` instead of ``voiceline_started``, which
+        its supervisor logs once every worker is up."""
         self.settings = settings
         self._clock = clock
-        self.metrics = Metrics()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._reuse_port = reuse_port
+        self._started_event = started_event
         self.store = SessionStore()
         self.coordinator = ConversationCoordinator(self.store, on_gating_change=self.metrics.gating_changed)
         # Built once: the stream of every call and the tuning hints read the same params.
@@ -113,6 +121,7 @@ class App:
         self.audiosocket = AudioSocketServer(
             s.host, s.port, accept, allowed_peers=s.allowed_peers,
             uuid_timeout_s=s.uuid_timeout_ms / 1000, write_limit_bytes=s.write_limit_bytes,
+            reuse_port=self._reuse_port,
         )
         await self.audiosocket.start()
         if self.ari_mode is not None:
@@ -137,7 +146,7 @@ class App:
         # Ticking starts after that full collection, so the pacer's lateness in
         # /health tells about calls, not about the ~30 ms of start-up housekeeping.
         self.pacer.start()
-        log.info("voiceline_started", mode=settings.mode, default_provider=settings.default_provider,
+        log.info(self._started_event, mode=settings.mode, default_provider=settings.default_provider,
                  audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
 
     def _on_call_ended(self, call: Call) -> None:
@@ -242,9 +251,17 @@ class App:
             await self.pacer.stop()
         self._stopped.set()
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        on_started: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Start, run until SIGTERM/SIGINT (or ``stop`` is set by the caller: an engine
+        worker whose supervisor is gone), then drain and stop. ``on_started`` runs once
+        the engine takes calls."""
         await self.start()
-        stop = asyncio.Event()
+        stop = stop if stop is not None else asyncio.Event()
         abort = asyncio.Event()  # a second signal: end the remaining calls at once
 
         def on_signal() -> None:
@@ -253,6 +270,8 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        if on_started is not None:
+            await on_started()
         await stop.wait()
         log.info("voiceline_stopping")
         await self.drain(abort)

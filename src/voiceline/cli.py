@@ -101,9 +101,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(settings)
     for item in warnings:  # again in the log, where collectors see it
         log.warning("config_warning", detail=item)
-    app = App(settings, parts=parts)
     try:
-        asyncio.run(app.run_until_signalled())
+        if settings.workers > 1:
+            from voiceline.workers.supervisor import Supervisor
+
+            return asyncio.run(Supervisor(settings, parts).run())
+        asyncio.run(App(settings, parts=parts).run_until_signalled())
     except OSError as exc:
         print(f"voiceline: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from voiceline.config.base import Strict
 from voiceline.config.engine import (
@@ -29,11 +29,18 @@ SECRET_NAME = re.compile(
     r"(.*[_-])?(pass(word|wd)?|secret|token|api[_-]?key|apikey|authori[sz]ation|credentials?)", re.IGNORECASE
 )
 
+MAX_WORKERS = 64
+
 
 class Settings(Strict):
     mode: Literal["ari", "audiosocket"] = Field("ari", description="call control: ari or audiosocket")
     default_provider: str = Field(
         "deepgram", description="provider for calls that do not ask for one; a name under providers:"
+    )
+    # After `mode`: its validator reads the mode.
+    workers: int = Field(
+        1, ge=1, le=MAX_WORKERS,
+        description="engine worker processes sharing the AudioSocket port (audiosocket mode; 1 = one process)",
     )
     asterisk: AsteriskSettings = Field(default_factory=AsteriskSettings)
     audiosocket: AudioSocketSettings = Field(default_factory=AudioSocketSettings)
@@ -46,6 +53,17 @@ class Settings(Strict):
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
 
+    @field_validator("workers")
+    @classmethod
+    def _workers_need_audiosocket_mode(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("mode") == "ari":
+            raise ValueError(
+                "more than one worker process needs mode audiosocket: in ari mode a call's control "
+                "lives in the one process holding the ARI events websocket, so ari mode runs one process; "
+                "set workers: 1 or mode: audiosocket"
+            )
+        return value
+
     @field_validator("default_provider")
     @classmethod
     def _default_provider_known(cls, value: str) -> str:
@@ -57,6 +75,12 @@ class Settings(Strict):
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data with every secret replaced by ``***``."""
         return _plain(self.model_dump(mode="python"), reveal=False)
+
+    def revealed(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets included: what the engine worker
+        supervisor hands each worker over its private control socket (the worker
+        validates it again). Never log or show it: ``masked()`` is for that."""
+        return _plain(self.model_dump(mode="python"), reveal=True)
 
     def digest(self) -> str:
         """A short hash of the effective config (secrets included, so rotating a key

@@ -1,6 +1,7 @@
 """The operator console: a few server-rendered pages on the engine's HTTP endpoint.
 
 * ``GET /console/live``          live calls (provider, state, buffer depth, barge-ins);
+  with engine worker processes, every worker's calls and how many workers are up;
   a small script polls ``/console/api/live`` every second, and without
   JavaScript the page reloads itself every second.
 * ``GET /console/calls``         call history, searchable by caller, UTC date and outcome.
@@ -27,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,8 @@ from voiceline.telemetry.history import CallHistory, HistoryStore, calls_table
 from voiceline.telemetry.recording import LEGS, recording_files
 from voiceline.telemetry.report import render_svg
 
-__all__ = ["CONSOLE_STYLESHEET", "COOKIE_NAME", "Console", "ConsoleAuth", "is_console_path", "search_calls"]
+__all__ = ["CONSOLE_STYLESHEET", "COOKIE_NAME", "Console", "ConsoleAuth", "HealthSource", "is_console_path",
+           "resolved", "search_calls"]
 
 log = structlog.get_logger("voiceline.console")
 
@@ -65,6 +68,15 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _HISTORY_ERRORS = (SQLAlchemyError, OSError)
+
+# The engine's health snapshot: a plain function in one process; a coroutine function in
+# the supervisor of engine worker processes, which asks every worker for its calls.
+HealthSource = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+
+
+async def resolved(value: Any) -> Any:
+    """``value``, awaited first if it is awaitable."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def is_console_path(path: str) -> bool:
@@ -120,7 +132,7 @@ class Console:
     def __init__(
         self,
         *,
-        health: Callable[[], Mapping[str, Any]],
+        health: HealthSource,
         history: CallHistory | None,
         recordings_dir: str | Path | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -147,8 +159,8 @@ class Console:
 
     # ---- live
 
-    def _live_snapshot(self) -> dict[str, Any]:
-        health = self._health()
+    async def _live_snapshot(self) -> dict[str, Any]:
+        health = await resolved(self._health())
         rows = pages.live_rows(health)
         return {
             "generated_at": self._now().strftime("%H:%M:%S UTC"),
@@ -161,11 +173,11 @@ class Console:
         raise web.HTTPFound(f"{PREFIX}/live")
 
     async def _live_page(self, _request: web.Request) -> web.Response:
-        snap = self._live_snapshot()
+        snap = await self._live_snapshot()
         return _html(pages.render_live(snap["calls"], generated_at=snap["generated_at"], summary=snap["summary"]))
 
     async def _live_json(self, _request: web.Request) -> web.Response:
-        return _json(self._live_snapshot())
+        return _json(await self._live_snapshot())
 
     # ---- history
 
@@ -320,9 +332,14 @@ def _live_summary(health: Mapping[str, Any], count: int) -> str:
     ari = health.get("ari")
     if isinstance(ari, Mapping):
         parts.append("ARI connected" if ari.get("connected") else "ARI disconnected")
-    pacer = health.get("pacer")
-    if isinstance(pacer, Mapping) and isinstance(pacer.get("max_lateness_ms"), (int, float)):
-        parts.append(f"pacer max lateness {pacer['max_lateness_ms']:.1f} ms")
+    workers = health.get("workers")
+    if isinstance(workers, list):
+        parts.append(f"{health.get('workers_up', '?')} of {len(workers)} workers up")
+    pacers = [w.get("pacer") for w in workers if isinstance(w, Mapping)] if isinstance(workers, list) else []
+    lateness = [p["max_lateness_ms"] for p in [health.get("pacer"), *pacers]
+                if isinstance(p, Mapping) and isinstance(p.get("max_lateness_ms"), (int, float))]
+    if lateness:
+        parts.append(f"pacer max lateness {max(lateness):.1f} ms")
     history = health.get("history")
     if isinstance(history, Mapping):
         state = "failing" if history.get("failing") else "ok"

@@ -4,7 +4,8 @@
   a process supervisor has none).
 * ``GET /ready``   200 or 503 with the JSON checks from ``ready()``.
 * ``GET /health``  200 with the JSON from ``health()`` plus ``status`` ("ok" when
-  ready, otherwise "not_ready").
+  ready, otherwise "not_ready"). ``health`` may be a coroutine function: the
+  supervisor of engine worker processes asks each worker first.
 * ``GET /metrics`` Prometheus text exposition (format 0.0.4, which every
   Prometheus version scrapes) of ``metrics.registry``.
 * ``GET /console/...`` the operator console (``telemetry/console.py``, docs/console.md).
@@ -28,9 +29,16 @@ import structlog
 from aiohttp import web
 
 from voiceline.config import HttpSettings
-from voiceline.telemetry.console import CONSOLE_STYLESHEET, Console, ConsoleAuth, is_console_path
+from voiceline.telemetry.console import (
+    CONSOLE_STYLESHEET,
+    Console,
+    ConsoleAuth,
+    HealthSource,
+    is_console_path,
+    resolved,
+)
 from voiceline.telemetry.history import CallHistory
-from voiceline.telemetry.metrics import Metrics
+from voiceline.telemetry.metrics import AggregateMetrics, Metrics
 from voiceline.telemetry.recording import RecordingWriter
 
 __all__ = ["PROMETHEUS_CONTENT_TYPE", "TelemetryServer"]
@@ -49,8 +57,8 @@ class TelemetryServer:
         self,
         settings: HttpSettings,
         *,
-        metrics: Metrics,
-        health: Callable[[], dict[str, Any]],
+        metrics: Metrics | AggregateMetrics,
+        health: HealthSource,
         ready: Callable[[], tuple[bool, dict[str, Any]]],
         history: CallHistory | None = None,
         recordings: RecordingWriter | None = None,
@@ -146,7 +154,7 @@ class TelemetryServer:
 
     async def _health_handler(self, _request: web.Request) -> web.Response:
         try:
-            body = dict(self._health())
+            body = dict(await resolved(self._health()))
             is_ready, _checks = self._ready()
         except Exception as exc:
             log.exception("health report raised")

@@ -1,21 +1,51 @@
 """Prometheus metrics. Aggregates carry no per-call labels; the few per-call gauges
-operators know are removed when the call ends, so series stay bounded by live calls."""
+operators know are removed when the call ends, so series stay bounded by live calls.
+
+With engine worker processes (``workers`` > 1, ``voiceline.workers``) every worker
+counts into prometheus_client's multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set
+by the supervisor for the workers only) and the supervisor serves the sum
+(``AggregateMetrics``). Per-call series are off there (``per_call_series=False``): a
+multiprocess file keeps a series after ``remove()``, so they would grow with every call
+ever taken; ``/health`` has the same per-call numbers.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _DEPTH_BUCKETS = (0, 1, 2, 3, 5, 8, 12, 20, 35, 50, 100, 250, 500)
 
 
+class _NoSeries:
+    """Stands in for a per-call series family that is switched off: every update is dropped."""
+
+    def labels(self, *_values: str) -> _NoSeries:
+        return self
+
+    def set(self, _value: float) -> None:
+        return None
+
+    def inc(self, _amount: float = 1) -> None:
+        return None
+
+    def remove(self, *_values: str) -> None:
+        return None
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, per_call_series: bool = True) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.calls_total = Counter("ai_agent_calls_total", "Calls started", ["provider"], registry=r)
         self.calls_ended_total = Counter("ai_agent_calls_ended_total", "Calls ended", ["provider"], registry=r)
-        self.active_calls = Gauge("ai_agent_active_calls", "Calls in progress", registry=r)
+        # livesum: with worker processes, the sum over the workers alive.
+        self.active_calls = Gauge("ai_agent_active_calls", "Calls in progress", registry=r,
+                                  multiprocess_mode="livesum")
         self.provider_fallbacks_total = Counter(
             "ai_agent_provider_fallbacks_total",
             "Calls that asked for an unknown or unavailable provider and got the default",
@@ -76,19 +106,25 @@ class Metrics:
             ["reason"], registry=r,
         )
         # per-call gauges (removed at call end)
-        self.capture_enabled = Gauge(
-            "ai_agent_audio_capture_enabled", "1 when caller audio goes to the provider", ["call_id"], registry=r
-        )
-        self.tts_gating_active = Gauge(
-            "ai_agent_tts_gating_active", "1 while agent audio gates the caller", ["call_id"], registry=r
-        )
-        self.barge_in_events = Counter(
-            "ai_agent_barge_in_events", "Barge-ins of one live call", ["call_id"], registry=r
-        )
-        self.jitter_depth = Gauge(
-            "ai_agent_streaming_jitter_buffer_depth", "Current jitter buffer depth (frames)", ["call_id"],
-            registry=r,
-        )
+        self.capture_enabled: Any = _NoSeries()
+        self.tts_gating_active: Any = _NoSeries()
+        self.barge_in_events: Any = _NoSeries()
+        self.jitter_depth: Any = _NoSeries()
+        if per_call_series:
+            self.capture_enabled = Gauge(
+                "ai_agent_audio_capture_enabled", "1 when caller audio goes to the provider", ["call_id"],
+                registry=r,
+            )
+            self.tts_gating_active = Gauge(
+                "ai_agent_tts_gating_active", "1 while agent audio gates the caller", ["call_id"], registry=r
+            )
+            self.barge_in_events = Counter(
+                "ai_agent_barge_in_events", "Barge-ins of one live call", ["call_id"], registry=r
+            )
+            self.jitter_depth = Gauge(
+                "ai_agent_streaming_jitter_buffer_depth", "Current jitter buffer depth (frames)", ["call_id"],
+                registry=r,
+            )
 
     # ---- call lifecycle
     def call_started(self, provider: str) -> None:
@@ -135,6 +171,24 @@ class Metrics:
                 gauge.remove(call_id)
             except KeyError:
                 pass  # the series was never created for this call: nothing to remove
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class AggregateMetrics:
+    """The supervisor's /metrics with worker processes: the sum of every worker's
+    multiprocess files in ``directory`` (counters of exited workers included, gauges
+    of live workers only)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=str(self.directory))
+
+    def process_exited(self, pid: int) -> None:
+        """Drop the live gauges of an exited worker (its counters stay in the sums)."""
+        mark_process_dead(pid, path=str(self.directory))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
