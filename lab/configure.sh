@@ -316,6 +316,12 @@ exten => echo,1,Answer()
  same => n,Echo()
  same => n,Hangup()
 
+; Asterisk's own Playback() of the benchmark greeting: the timing reference of
+; bench/compare.py, which writes the file (8 kHz mu-law) before it calls here.
+exten => playback-greeting,1,Answer()
+ same => n,Playback(/var/lib/asterisk/sounds/voiceline-bench/greeting)
+ same => n,Hangup()
+
 ; Transfer target of the agents' 'transfer' action (tests/e2e/test_actions_e2e.py):
 ; the caller, sent here by ARI continue, hears a 440 Hz tone for a few seconds.
 exten => operator,1,NoOp(voiceline: \${CHANNEL} transferred to the operator)
