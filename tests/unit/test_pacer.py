@@ -171,3 +171,50 @@ def test_register_twice_is_an_error_and_unregister_is_tolerant() -> None:
     assert pacer.unregister("x") is False
     with pytest.raises(ValueError):
         Pacer(spin_s=0.5)
+
+
+def test_a_tick_runs_every_tick_fn_then_every_write_then_every_sent() -> None:
+    # Every call's frame leaves at the same point of each tick only if no stream's
+    # state machine or bookkeeping runs between two writes.
+    pacer = Pacer(clock=lambda: 0.0)
+    order: list[tuple[str, str]] = []
+    for name in ("a", "b", "c"):
+        pacer.register(
+            name,
+            lambda now, n=name: order.append(("tick", n)) or n.encode(),
+            write_fn=lambda frame: order.append(("write", frame.decode())),
+            sent_fn=lambda frame, now: order.append(("sent", frame.decode())),
+        )
+    pacer.run_tick(0.0)
+    assert order == [(phase, n) for phase in ("tick", "write", "sent") for n in "abc"]
+
+
+def test_a_stream_whose_write_fails_is_removed_before_its_sent_and_others_go_on() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    written: list[bytes] = []
+    sent: list[bytes] = []
+    failures: list[BaseException] = []
+    broken = BrokenPipeError("peer gone")
+
+    def write(frame: bytes) -> None:
+        if frame == b"b":
+            raise broken
+        written.append(frame)
+
+    for name in ("a", "b", "c"):
+        pacer.register(name, lambda now, n=name: n.encode(), write_fn=write,
+                       sent_fn=lambda frame, now: sent.append(frame), on_error=failures.append)
+    with structlog.testing.capture_logs():
+        pacer.run_tick(0.0)
+        pacer.run_tick(0.02)
+    assert written == [b"a", b"c", b"a", b"c"] and sent == written
+    assert failures == [broken] and not pacer.is_registered("b")
+    assert pacer.stats.tick_errors == 1
+
+
+def test_a_tick_fn_returning_nothing_writes_nothing() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    written: list[bytes] = []
+    pacer.register("quiet", lambda now: None, write_fn=written.append)
+    pacer.run_tick(0.0)
+    assert written == []

@@ -63,25 +63,25 @@ def test_manager_sends_frames_logs_once_per_turn_and_closes(fake_clock) -> None:
     ]
 
 
-def test_manager_rejects_async_send_frame_and_pacer_drops_only_that_stream(fake_clock) -> None:
+def test_manager_refuses_an_async_send_frame_at_open_and_other_streams_tick(fake_clock) -> None:
+    # A coroutine function as send_frame would make coroutines nobody awaits: the
+    # call's audio would vanish without a word. Refused before the stream exists.
     clock = fake_clock
     pacer = Pacer(clock=clock)
     mgr = StreamingPlaybackManager(StreamParams(), pacer)
 
-    async def bad_send(frame: bytes) -> None:  # pragma: no cover - never awaited
+    async def bad_send(frame: bytes) -> None:  # pragma: no cover - never called
         pass
 
     good: list[bytes] = []
-    mgr.open("bad", SLIN_8K, bad_send)
+    with pytest.raises(TypeError, match="coroutine function"):
+        mgr.open("bad", SLIN_8K, bad_send)
     mgr.open("good", SLIN_8K, good.append)
-    with structlog.testing.capture_logs() as logs:
-        pacer.run_tick(0.0)
-        pacer.run_tick(0.02)
-    assert not pacer.is_registered("bad") and pacer.is_registered("good")
+    pacer.run_tick(0.0)
+    pacer.run_tick(0.02)
+    assert not pacer.is_registered("bad") and mgr.get("bad") is None
     assert len(good) == 2
-    assert pacer.stats.tick_errors == 1
-    (err,) = [r for r in logs if r["log_level"] == "error"]
-    assert err["stream_id"] == "bad"
+    assert pacer.stats.tick_errors == 0
 
 
 def test_manager_removes_a_stream_whose_send_frame_raises_and_tells_its_owner_once(fake_clock) -> None:

@@ -188,6 +188,7 @@ class Call:
         self.connected.set()
         self.stream = self._streaming.open(
             self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event,
+            frame_sent=self._frame_sent,
             on_failure=self._on_stream_failure,
         )
         self._replay_pre_attach()
@@ -234,11 +235,16 @@ class Call:
               owner=self._ending_tasks)
 
     def _send_frame(self, frame: bytes) -> None:
+        """The pacer's write phase: only the write, so every call's frame leaves
+        at the same point of each tick (bookkeeping is in ``_frame_sent``)."""
         leg = self.leg
         if leg is not None and not leg.closed:
             leg.send_frame(frame)
+
+    def _frame_sent(self, frame: bytes, now: float) -> None:
+        leg = self.leg
+        if leg is not None and not leg.closed:
             self.sink.agent_audio(frame)
-        now = self._clock()
         stream = self.stream
         # The barge-in detector compares the caller's audio with what we just sent.
         sent_audio = stream is not None and stream.last_tick_sent_audio

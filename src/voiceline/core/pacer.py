@@ -2,8 +2,8 @@
 
 Asterisk keeps no jitter buffer on what we send, and a mixing bridge drops
 anything queued beyond ~80 ms, so frames must leave at real time, one per 20 ms,
-with no bursts. A single asyncio task ticks for every call (O(active streams) per
-tick) instead of one sleeping task per call, which would drift independently and
+with no bursts. A single timer ticks for every call (O(active streams) per tick)
+instead of one sleeping task per call, which would drift independently and
 multiply timer wake-ups.
 
 ``PacerSchedule`` is the pure part: an absolute deadline grid ``t0 + k * period``
@@ -11,13 +11,27 @@ that never drifts, and that never catches up. If the loop wakes more than one
 period late, the missed slots are skipped and counted; sending them as a burst
 would overflow the bridge and be heard as a glitch anyway.
 
-``Pacer`` is the asyncio shell: it sleeps until just before the next deadline
-(``deadline - now - spin``), yield-spins (``await asyncio.sleep(0)``) for the last
-~1 ms so ticks land within about a millisecond, then calls every registered
-``tick_fn(now)``. A failing ``tick_fn`` is logged (with its traceback) under its
-stream id, counted in ``tick_errors`` and removed, and its ``on_error(exc)`` is called
-once so the stream's owner can end what depended on it (a call with no outbound
-audio is of no use to the caller); the other streams keep ticking in the same tick.
+``Pacer`` is the asyncio shell. Two things decide how evenly frames leave:
+
+* When the tick starts. The pacer is a plain ``loop.call_at`` callback (no task:
+  a task wakes one loop iteration after its timer, behind a second batch of I/O
+  callbacks) armed ``spin_s`` before the deadline, because the selector's timeout
+  has millisecond granularity; the callback then busy-waits the rest without
+  yielding. A yield-spin (``await asyncio.sleep(0)``) would run every ready I/O
+  callback on each turn and overshoot the deadline by as much as they take.
+* What runs before a stream's write inside the tick. A tick has three phases:
+  every stream's ``tick_fn(now)`` first (the playout state machine; may return a
+  frame), then every returned frame's ``write_fn(frame)`` back to back, then every
+  ``sent_fn(frame, now)`` (bookkeeping that reads what was sent). With 300
+  streams the writes are a uniform ~1 ms burst in a fixed order, so each call's
+  frames are spaced by the period however much state-machine and bookkeeping work
+  varies from tick to tick.
+
+A failing ``tick_fn``, ``write_fn`` or ``sent_fn`` is logged (with its traceback)
+under its stream id, counted in ``tick_errors`` and removed, and its
+``on_error(exc)`` is called once so the stream's owner can end what depended on it
+(a call with no outbound audio is of no use to the caller); the other streams keep
+ticking in the same tick.
 """
 
 from __future__ import annotations
@@ -30,11 +44,13 @@ import structlog
 
 from voiceline.core.log_levels import is_debug
 
-__all__ = ["ErrorFn", "Pacer", "PacerSchedule", "PacerStats", "TickFn"]
+__all__ = ["ErrorFn", "Pacer", "PacerSchedule", "PacerStats", "SentFn", "TickFn", "WriteFn"]
 
 log = structlog.get_logger("voiceline.streaming")
 
-TickFn = Callable[[float], None]
+TickFn = Callable[[float], "bytes | None"]
+WriteFn = Callable[[bytes], None]
+SentFn = Callable[[bytes, float], None]
 ErrorFn = Callable[[BaseException], None]
 
 
@@ -116,14 +132,30 @@ class PacerStats:
     tick_errors: int
 
 
+class _Entry:
+    """One registered stream; its identity tells a stream replaced mid-tick from the
+    one the tick started with."""
+
+    __slots__ = ("on_error", "sent_fn", "tick_fn", "write_fn")
+
+    def __init__(
+        self, tick_fn: TickFn, write_fn: WriteFn | None, sent_fn: SentFn | None, on_error: ErrorFn | None
+    ) -> None:
+        self.tick_fn = tick_fn
+        self.write_fn = write_fn
+        self.sent_fn = sent_fn
+        self.on_error = on_error
+
+
 class Pacer:
-    """One asyncio task ticking every registered stream each ``period_s``.
+    """One timer ticking every registered stream each ``period_s``.
 
     ``clock`` is a monotonic seconds clock; it defaults to the running loop's
     ``loop.time`` (resolved in ``start``) and must advance at the same rate as the
-    loop's clock because the pacer sleeps with ``asyncio.sleep``. ``spin_s`` is how
-    long before a deadline the pacer stops sleeping and yield-spins. A tick is
-    counted as late when it lands more than ``late_threshold_s`` after its deadline.
+    loop's clock because the pacer arms loop timers. ``spin_s`` is how long before a
+    deadline the timer fires; the rest is busy-waited (only while streams are
+    registered). A tick is counted as late when it lands more than
+    ``late_threshold_s`` after its deadline.
     """
 
     def __init__(
@@ -142,10 +174,8 @@ class Pacer:
         self._spin_s = spin_s
         self._late_threshold_s = late_threshold_s
         self._debug = is_debug(logging_level)
-        # stream id -> (tick_fn, on_error); the tuple's identity tells a stream
-        # replaced mid-tick from the one the tick started with.
-        self._streams: dict[str, tuple[TickFn, ErrorFn | None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._streams: dict[str, _Entry] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._late_ticks = 0
         self._tick_errors = 0
 
@@ -162,16 +192,25 @@ class Pacer:
         return asyncio.get_running_loop().time()
 
     def register(
-        self, stream_id: str, tick_fn: TickFn, *, on_error: ErrorFn | None = None
+        self,
+        stream_id: str,
+        tick_fn: TickFn,
+        *,
+        on_error: ErrorFn | None = None,
+        write_fn: WriteFn | None = None,
+        sent_fn: SentFn | None = None,
     ) -> None:
         """Tick ``tick_fn(now)`` every period until ``unregister``.
 
-        If ``tick_fn`` raises, the stream is removed and ``on_error(exc)`` is called
-        once (from inside the tick, so it must not block).
+        When ``tick_fn`` returns a frame and ``write_fn`` is given, the frame goes to
+        ``write_fn(frame)`` after every stream's ``tick_fn`` ran, then to
+        ``sent_fn(frame, now)`` after every stream's write. If any of them raises, the
+        stream is removed and ``on_error(exc)`` is called once (from inside the
+        tick, so it must not block).
         """
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} is already registered")
-        self._streams[stream_id] = (tick_fn, on_error)
+        self._streams[stream_id] = _Entry(tick_fn, write_fn, sent_fn, on_error)
         if self._debug:
             log.debug(
                 "pacer stream registered",
@@ -209,89 +248,106 @@ class Pacer:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._timer is not None
 
     def start(self) -> None:
-        """Start the ticking task on the running loop (idempotent while running)."""
+        """Start ticking on the running loop (idempotent while running)."""
         if self.running:
             return
         loop = asyncio.get_running_loop()
         if self._clock is None:
             self._clock = loop.time
-        self._task = loop.create_task(self._run(), name="voiceline-pacer")
-        self._task.add_done_callback(self._on_task_done)
-
-    @staticmethod
-    def _on_task_done(task: asyncio.Task[None]) -> None:
-        # The loop only ends by cancellation; anything else is a bug that stopped
-        # every call's audio, so say it loudly here (stop() re-raises it too).
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("pacer task crashed", exc_info=exc)
+        self._schedule.start(self._clock())
+        self._arm(loop)
 
     async def stop(self) -> None:
-        """Stop ticking. Re-raises anything that crashed the pacer task itself."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        if not task.done():
-            task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not task.cancelled():  # we were cancelled while waiting: propagate
-                raise
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        """Stop ticking (idempotent). Async so an owner can await it like other stops."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
-    # ---- the loop ---------------------------------------------------------------
+    # ---- the timer --------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        deadline = self._schedule.next_deadline
+        assert deadline is not None  # started
+        # Loop timers run on loop.time(); an injected clock runs at the same rate,
+        # so translate the deadline by the clocks' current offset.
+        assert self._clock is not None
+        offset = loop.time() - self._clock()
+        spin = self._spin_s if self._streams else 0.0
+        self._timer = loop.call_at(deadline - spin + offset, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
         clock = self._clock
-        assert clock is not None  # set in start()
+        assert clock is not None
         schedule = self._schedule
-        spin = self._spin_s
-        schedule.start(clock())
-        while True:
-            deadline = schedule.next_deadline
-            assert deadline is not None
-            delay = deadline - clock() - spin
-            if delay > 0:
-                await asyncio.sleep(delay)
+        deadline = schedule.next_deadline
+        assert deadline is not None
+        try:
+            # Busy-wait the last stretch: yielding would let every ready I/O callback
+            # run first. Only while some stream will hear the tick. Waited on the
+            # loop's clock, so an injected clock that stands still cannot hang it.
+            if self._streams:
+                until = deadline + loop.time() - clock()
+                while loop.time() < until:
+                    pass
             now = clock()
-            # Yield-spin to the deadline only when a stream will hear the tick; idle,
-            # the sleep's own precision is plenty and the spin would burn CPU.
-            while now < deadline and self._streams:
-                await asyncio.sleep(0)
-                now = clock()
             if schedule.due(now):
                 if schedule.last_lateness_s > self._late_threshold_s:
                     self._late_ticks += 1
                 self.run_tick(now)
+        except Exception:
+            # run_tick isolates the streams; anything reaching here is a pacer bug.
+            # Log it and keep ticking: stopping the timer would silence every call.
+            log.exception("pacer tick crashed")
+        finally:
+            if self._timer is not None:  # not stopped from inside the tick
+                self._arm(loop)
 
     def run_tick(self, now: float) -> None:
-        """Call every registered ``tick_fn(now)`` once (the loop's body; public so a
-        test or a simulator can drive the pacer with a fake clock)."""
+        """Tick every registered stream once (the timer's body; public so a test or a
+        simulator can drive the pacer with a fake clock)."""
         streams = self._streams
+        staged: list[tuple[str, _Entry, bytes]] = []
         for stream_id, entry in list(streams.items()):
             if streams.get(stream_id) is not entry:
                 continue  # removed (or replaced) by an earlier tick_fn in this tick
             try:
-                entry[0](now)
+                frame = entry.tick_fn(now)
+            except Exception as exc:
+                self._fail(stream_id, entry, exc)
+                continue
+            if frame is not None and entry.write_fn is not None:
+                staged.append((stream_id, entry, frame))
+        if not staged:
+            return
+        written: list[tuple[str, _Entry, bytes]] = []
+        for item in staged:
+            stream_id, entry, frame = item
+            if streams.get(stream_id) is not entry:
+                continue
+            try:
+                entry.write_fn(frame)  # type: ignore[misc]  # staged only with a write_fn
+            except Exception as exc:
+                self._fail(stream_id, entry, exc)
+                continue
+            written.append(item)
+        for stream_id, entry, frame in written:
+            sent_fn = entry.sent_fn
+            if sent_fn is None or streams.get(stream_id) is not entry:
+                continue
+            try:
+                sent_fn(frame, now)
             except Exception as exc:
                 self._fail(stream_id, entry, exc)
 
-    def _fail(
-        self, stream_id: str, entry: tuple[TickFn, ErrorFn | None], exc: Exception
-    ) -> None:
+    def _fail(self, stream_id: str, entry: _Entry, exc: Exception) -> None:
         self._tick_errors += 1
         if self._streams.get(stream_id) is entry:
             del self._streams[stream_id]
         log.error("pacer tick failed, stream removed", stream_id=stream_id, exc_info=exc)
-        on_error = entry[1]
+        on_error = entry.on_error
         if on_error is None:
             return
         try:

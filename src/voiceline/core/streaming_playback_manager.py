@@ -92,18 +92,25 @@ class StreamingPlaybackManager:
         self,
         call_id: str,
         wire_format: AudioFormat,
-        send_frame: Callable[[bytes], object],
+        send_frame: Callable[[bytes], None],
         on_event: Callable[[StreamEvent], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
+        frame_sent: Callable[[bytes, float], None] | None = None,
     ) -> OutboundStream:
         """Start ticking a new stream for ``call_id``.
 
-        ``send_frame(frame)`` and ``on_event(event)`` run inside the pacer tick;
-        ``on_failure(exc)`` too, once, after the stream was removed: it must not
-        block (schedule the call's teardown, do not await it here).
+        Each tick the stream's frame goes to ``send_frame(frame)`` (with every other
+        stream's, back to back: keep it to the write), then to ``frame_sent(frame,
+        now)`` for whatever bookkeeping reads what was sent. Both, ``on_event(event)``
+        and ``on_failure(exc)`` (once, after the stream was removed) run inside the
+        pacer tick and must not block (schedule the call's teardown, do not await it
+        here).
         """
         if call_id in self._entries:
             raise ValueError(f"a stream for call {call_id!r} is already open")
+        if inspect.iscoroutinefunction(send_frame):
+            # A coroutine would never run inside the tick: the audio would silently vanish.
+            raise TypeError(f"send_frame for call {call_id!r} is a coroutine function; it must be synchronous")
         entry_box: list[_Entry] = []
 
         def handle(event: StreamEvent) -> None:
@@ -116,23 +123,16 @@ class StreamingPlaybackManager:
         entry = _Entry(stream, on_event)
         entry_box.append(entry)
 
-        def tick(now: float) -> None:
-            frame = stream.tick(now)
-            result = send_frame(frame)
-            if inspect.isawaitable(result):
-                if inspect.iscoroutine(result):
-                    result.close()
-                raise TypeError(
-                    f"send_frame for call {call_id!r} returned an awaitable; it must be synchronous"
-                )
-
         def failed(exc: BaseException) -> None:
             if self._entries.get(call_id) is entry:
                 del self._entries[call_id]
             if on_failure is not None:
                 on_failure(exc)
 
-        self._pacer.register(call_id, tick, on_error=failed)
+        def tick(now: float) -> bytes:
+            return stream.tick(now)
+
+        self._pacer.register(call_id, tick, on_error=failed, write_fn=send_frame, sent_fn=frame_sent)
         self._entries[call_id] = entry
         if self._debug:
             log.debug(
