@@ -11,8 +11,10 @@ For every N the bench starts, each in its own process:
   times real time;
 * the engine (``python -m voiceline.cli serve --mode audiosocket --provider deepgram``)
   with a temporary copy of ``config/ai-agent.yaml`` (any free AudioSocket port, http and
-  history off, JSON logs at INFO into a file), so its CPU and RSS can be read from
-  ``/proc/<pid>`` for the engine alone;
+  history off, JSON logs at INFO into a file, ``workers: --engine-workers``), so its CPU
+  and RSS can be read from ``/proc`` for the engine alone: summed over its process tree
+  (the supervisor and its worker processes); ``--server naive`` runs
+  ``bench/naive_server.py`` in its place;
 * one or two client worker processes holding the simulated Asterisk legs
   (``CallerLeg``): each leg connects (staggered over ``--stagger-s``), sends digital
   silence every 20 ms like Asterisk, and records the arrival time and bytes of every
@@ -80,6 +82,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="nice value for every process the bench starts (negative needs root): shields the"
                    " measurement from other load on a shared machine")
     p.add_argument("--engine-nice", type=int, default=None, help="nice value for the engine only (default --nice)")
+    p.add_argument("--engine-workers", type=int, default=1,
+                   help="engine worker processes (the engine config's `workers`); engine CPU and RSS"
+                   " are then those of the whole process tree")
+    p.add_argument("--server", choices=["voiceline", "naive"], default="voiceline",
+                   help="what serves the calls: the engine, or bench/naive_server.py (per-call sleep baseline)")
     p.add_argument("--config", default=str(REPO / "config" / "ai-agent.yaml"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "pacing.json"))
     p.add_argument("--keep-logs", default=None, metavar="DIR", help="keep engine/sim logs under DIR")
@@ -95,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--seconds must be >= 1")
     if args.long_answer_s is None:
         args.long_answer_s = args.seconds + 15.0
+    if not 1 <= args.engine_workers <= 64:
+        p.error("--engine-workers must be within 1..64")
     if args.engine_nice is None:
         args.engine_nice = args.nice
     return args
@@ -127,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             "stagger_s": args.stagger_s, "settle_s": args.settle_s, "idle_s": args.idle_s,
             "workers": args.workers or "auto", "caller_noise": args.caller_noise, "pin": args.pin,
             "nice": args.nice, "engine_nice": args.engine_nice,
+            "server": args.server, "engine_workers": args.engine_workers,
             "streaming": cfg.get("streaming", {}),
             "provider_output": args.engine_output,
             "reference_frames": len(reference) // FRAME_BYTES,

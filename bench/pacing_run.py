@@ -29,6 +29,7 @@ from benchkit import (
     json_event,
     machine_busy_pct,
     make_log,
+    proc_cpu_s,
     proc_status,
     sample_cpu,
     stop_process,
@@ -38,6 +39,55 @@ from pacing_client import worker_main
 from pacing_report import row_checks
 
 log = make_log("pacing")
+
+BENCH_DIR = Path(__file__).resolve().parent
+NAIVE_SERVER = BENCH_DIR / "naive_server.py"
+
+
+# ---- the engine's process tree (a supervisor and its worker processes with workers > 1)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descending from it, from the ppid field of /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def sample_with_engine_tree(pids: dict[str, int], engine_pid: int):
+    """``sample_cpu`` with ``engine`` = the CPU of the engine's whole process tree."""
+    sample = sample_cpu({k: v for k, v in pids.items() if k != "engine"})
+    times = [proc_cpu_s(pid) for pid in process_tree(engine_pid)]
+    sample.cpu["engine"] = sum(t for t in times if t is not None) if times[0] is not None else None
+    return sample
+
+
+def engine_status(engine_pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM and Threads summed over the engine's process tree (pages the
+    processes share, such as the interpreter's, count once per process), and the
+    number of processes."""
+    total: dict[str, int] = {"processes": 0}
+    for pid in process_tree(engine_pid):
+        status = proc_status(pid)
+        if not status:
+            continue
+        total["processes"] += 1
+        for key, value in status.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def start_sim(args: argparse.Namespace, workdir: Path, cpus: set[int] | None) -> tuple[subprocess.Popen, str]:
@@ -68,6 +118,7 @@ def engine_config(args: argparse.Namespace) -> dict[str, Any]:
     """``--config`` with a free AudioSocket port, http and history off, JSON logs."""
     data = bench_engine_config(yaml.safe_load(Path(args.config).read_text()))
     data.setdefault("logging", {})["format"] = "json"
+    data["workers"] = args.engine_workers
     return data
 
 
@@ -98,6 +149,12 @@ def start_engine(
         sys.executable, "-m", "voiceline.cli", "serve", "--config", str(config_path),
         "--mode", "audiosocket", "--provider", "deepgram",
     ]
+    if args.server == "naive":
+        # The baseline (bench/naive_server.py) under the same probes: same log contract.
+        if not NAIVE_SERVER.exists():
+            raise RuntimeError(f"--server naive needs {NAIVE_SERVER}, which does not exist")
+        cmd = [sys.executable, str(NAIVE_SERVER), "--port", "0", "--seconds", str(args.long_answer_s),
+               "--greeting", args.greeting]
     with log_path.open("w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if cpus:
@@ -200,10 +257,10 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
 
         # idle baseline
         time.sleep(0.5)
-        idle_a = sample_cpu({"engine": engine.pid})
+        idle_a = sample_with_engine_tree({"engine": engine.pid}, engine.pid)
         time.sleep(args.idle_s)
-        idle_b = sample_cpu({"engine": engine.pid})
-        rss_idle = proc_status(engine.pid)
+        idle_b = sample_with_engine_tree({"engine": engine.pid}, engine.pid)
+        rss_idle = engine_status(engine.pid)
 
         # client workers
         ctx = mp.get_context("spawn")
@@ -236,13 +293,13 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
             )
         pids = {"engine": engine.pid, "sim": sim.pid, **{f"client{w}": p.pid for w, p in enumerate(procs)}}
         time.sleep(max(0.0, win_a_t - time.monotonic()))
-        win_a = sample_cpu(pids)
+        win_a = sample_with_engine_tree(pids, engine.pid)
         rss_series = []
         while time.monotonic() < win_b_t:
             time.sleep(min(1.0, max(0.0, win_b_t - time.monotonic())))
-            rss_series.append(proc_status(engine.pid).get("VmRSS"))
-        win_b = sample_cpu(pids)
-        status = proc_status(engine.pid)
+            rss_series.append(engine_status(engine.pid).get("VmRSS"))
+        win_b = sample_with_engine_tree(pids, engine.pid)
+        status = engine_status(engine.pid)
 
         results = []
         for pipe in pipes:
@@ -368,6 +425,7 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
             "rss_series_mb": [round(v / 1024, 1) for v in rss_series if v],
             "rss_per_call_kb": round((rss_mb - rss_idle_mb) * 1024 / n, 1),
             "threads": status.get("Threads"),
+            "processes": status.get("processes"),
         },
         "sim": {"cpu_pct": row_sim_cpu},
         "client": {
