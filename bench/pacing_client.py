@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import gc
 import socket
 import struct
 import time
@@ -357,6 +358,12 @@ async def _run_worker(plan: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - reported per call
             leg.error = f"connect failed: {exc!r}"
 
+    # The probe must not stall its own legs: a full collection over the recording
+    # arrays took up to 90 ms in the client, holding back caller frames that then
+    # reached the engine as one burst. Nothing the legs keep forms cycles.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     await asyncio.sleep(max(0.0, t_start - loop.time()))
     background = [
         asyncio.create_task(_sender(legs, frame, t_end)),
@@ -368,6 +375,7 @@ async def _run_worker(plan: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(
         *(leg.hangup() for leg in legs if leg.connected_at is not None), return_exceptions=True
     )
+    gc.enable()
     ref = Reference(plan["reference"])
     calls = [analyze_leg(leg, ref, t_start) for leg in legs]
     return {
