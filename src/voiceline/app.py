@@ -147,6 +147,7 @@ class App:
         # /health tells about calls, not about the ~30 ms of start-up housekeeping.
         self.pacer.start()
         log.info(self._started_event, mode=settings.mode, default_provider=settings.default_provider,
+                 workers=settings.workers,
                  audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
 
     def _on_call_ended(self, call: Call) -> None:
