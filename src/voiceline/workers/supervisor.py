@@ -260,9 +260,9 @@ class Supervisor:
                 self._policy.came_up(slot.index)
                 log.info("worker_up", worker=slot.index, pid=slot.state.pid)
             else:
+                # Exited before its ready report (its own stderr says why), or too slow.
                 log.error("worker did not start", worker=slot.index, pid=slot.state.pid,
-                          exit_code=slot.process.returncode if slot.process else None,
-                          timeout_s=START_TIMEOUT_S)
+                          ready_timeout_s=START_TIMEOUT_S)
         return all(ready)
 
     async def _stop_workers(self) -> None:
