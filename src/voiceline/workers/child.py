@@ -34,8 +34,7 @@ async def run_worker(sock: socket.socket) -> int:
         print("voiceline worker: no start message from the supervisor", file=sys.stderr)
         return 1
     settings = Settings.model_validate(hello["settings"])
-    logging = settings.logging
-    configure_logging(logging.level, logging.format, logging.levels)
+    configure_logging(settings.logging.level, settings.logging.format, settings.logging.levels)
     # Every task, callback and to_thread call of this process copies this context.
     structlog.contextvars.bind_contextvars(worker=int(hello["index"]))
     app = App(settings, parts=build_parts(settings), metrics=Metrics(per_call_series=False),
