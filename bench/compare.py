@@ -14,11 +14,13 @@ Two measurements, both printed in one table and written to one JSON report:
   1, ``--repeat`` runs): a SIPp call per row, the caller's leg captured with tshark and
   judged from the first to the last packet carrying agent speech: packets, lost, max
   inter-arrival delta, mean RFC 3550 jitter, p99 of |delta - 20 ms|, and whether the
-  caller heard the greeting frame for frame. Rows: ``voiceline`` (engine in
-  ``--voiceline-mode``, default audiosocket, the Deepgram simulator greeting with the
-  long utterance in ``--pattern`` at ``--speed``), ``naive`` (naive_server.py behind the
-  dialplan's AudioSocket()), ``playback`` (Asterisk's Playback() of the same greeting,
-  the ``playback-greeting`` extension of lab/configure.sh). Runs are interleaved.
+  caller heard the greeting frame for frame. Rows (``--rows``): ``voiceline`` (engine in
+  audiosocket mode behind the dialplan's AudioSocket(), the Deepgram simulator
+  greeting with a long utterance in ``--pattern`` at ``--speed``), ``voiceline-ari`` (the
+  same in ari mode: Stasis, externalMedia over AudioSocket, a bridge), ``naive``
+  (naive_server.py behind the same AudioSocket() as ``voiceline``), ``playback``
+  (Asterisk's Playback() of the same greeting, the ``playback-greeting`` extension of
+  lab/configure.sh). Runs are interleaved.
 
 The lab part takes the end-to-end tests' lock and needs root; see compare_lab.py.
 """
@@ -42,7 +44,8 @@ from pacing import DEFAULT_GREETING
 from pacing_client import reference_audio
 
 log = make_log("compare")
-ROWS = ("voiceline", "naive", "playback")
+ROWS = ("voiceline", "voiceline-ari", "naive", "playback")
+PACING_SERVERS = ("voiceline", "naive")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,8 +57,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calls-one", type=int, default=1, help="simultaneous lab calls per row and run (0: skip the lab)")
     p.add_argument("--repeat", type=int, default=3, help="lab runs per row")
     p.add_argument("--rows", default=",".join(ROWS), help=f"lab rows, from {','.join(ROWS)}")
-    p.add_argument("--voiceline-mode", choices=("audiosocket", "ari"), default="audiosocket",
-                   help="engine mode of the voiceline lab row (audiosocket: the same AudioSocket() path as naive)")
     p.add_argument("--greeting-s", type=float, default=12.0,
                    help="agent utterance of a lab call: the greeting repeated to at least this long (12: 12.4 s)")
     p.add_argument("--tail-s", type=float, default=3.0, help="call length beyond the greeting")
@@ -72,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.rows = [r for r in args.rows.split(",") if r]
     args.pacing_servers = [s for s in args.pacing_servers.split(",") if s]
-    bad = [r for r in args.rows if r not in ROWS] + [s for s in args.pacing_servers if s not in ROWS[:2]]
+    bad = [r for r in args.rows if r not in ROWS] + [s for s in args.pacing_servers if s not in PACING_SERVERS]
     if bad:
         p.error(f"unknown row(s)/server(s): {', '.join(bad)}")
     if args.calls < 0 or args.calls_one < 0 or args.repeat < 1:
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "calls": args.calls, "seconds": args.seconds, "pacing_servers": args.pacing_servers,
             "pacing_args": args.pacing_args, "calls_one": args.calls_one, "repeat": args.repeat,
-            "rows": args.rows, "voiceline_mode": args.voiceline_mode, "greeting_s": args.greeting_s,
+            "rows": args.rows, "greeting_s": args.greeting_s,
             "reference_s": round(len(reference) / 16000, 2), "tail_s": args.tail_s, "greeting": args.greeting,
             "pattern": args.pattern, "speed": args.speed, "seed": args.seed, "rt_priority": args.rt_priority,
         },

@@ -38,7 +38,8 @@ LOCK_PATH = REPO / "lab" / ".cache" / "e2e.lock"
 ARI_PASSWORD = "voiceline-lab"  # the e2e fixtures' password; configure.sh writes it
 # Where the playback-greeting extension (lab/configure.sh) finds its file, inside the root.
 PLAYBACK_DIR = "var/lib/asterisk/sounds/voiceline-bench"
-EXTEN = {"audiosocket": "audiosocket", "ari": "stasis"}
+# voiceline rows: engine mode and the extension that reaches it (lab/configure.sh)
+VOICELINE_ROWS = {"voiceline": ("audiosocket", "audiosocket"), "voiceline-ari": ("ari", "stasis")}
 
 
 @contextlib.contextmanager
@@ -128,7 +129,9 @@ def start_sim(args: argparse.Namespace, workdir: Path) -> tuple[Proc, str]:
     return sim, wait_for_file_line(sim.log_path, sim.proc, url_of, 30.0, "deepgram simulator")
 
 
-def start_voiceline(args: argparse.Namespace, lab: labkit.AsteriskLab, sim_url: str, workdir: Path) -> Proc:
+def start_voiceline(
+    args: argparse.Namespace, lab: labkit.AsteriskLab, mode: str, sim_url: str, workdir: Path
+) -> Proc:
     data = bench_engine_config(yaml.safe_load(Path(args.config).read_text()))
     data["audiosocket"]["port"] = lab.audiosocket_port  # where the dialplan's AudioSocket() connects
     data.setdefault("logging", {})["format"] = "json"
@@ -143,11 +146,11 @@ def start_voiceline(args: argparse.Namespace, lab: labkit.AsteriskLab, sim_url: 
     })
     engine = Proc(
         [sys.executable, "-m", "voiceline.cli", "serve", "--config", str(config),
-         "--mode", args.voiceline_mode, "--provider", "deepgram"],
+         "--mode", mode, "--provider", "deepgram"],
         workdir / "engine.log", env, args.rt_priority,
     )
     engine.wait_event("voiceline_started")
-    if args.voiceline_mode == "ari":
+    if mode == "ari":
         engine.wait_event("ari.events.connected")
     return engine
 
@@ -215,11 +218,11 @@ def one_run(
     procs: list[Proc] = []
     engine_events: dict[str, Any] = {}
     try:
-        if row == "voiceline":
+        if row in VOICELINE_ROWS:
+            mode, exten = VOICELINE_ROWS[row]
             sim, url = start_sim(args, workdir)
             procs.append(sim)
-            procs.append(start_voiceline(args, lab, url, workdir))
-            exten = EXTEN[args.voiceline_mode]
+            procs.append(start_voiceline(args, lab, mode, url, workdir))
         elif row == "naive":
             procs.append(start_naive(args, lab, workdir))
             exten = "audiosocket"

@@ -84,7 +84,7 @@ def heard_greeting(
     hear them): from the first received frame equal to a voiced greeting frame on, each
     frame is the next greeting frame (``heard``), silence inserted in its place (``gaps``),
     a later greeting frame (the frames in between were ``skipped``) or none (``mismatched``);
-    ``left`` counts the greeting frames after the last one matched.
+    ``left`` counts the spoken greeting frames after the last one matched.
     Compared as linear audio, so mu-law's two codes for zero do not matter."""
     out = {"heard": 0, "gaps": 0, "skipped": 0, "mismatched": 0, "found": 0, "left": len(reference_frames)}
     positions: dict[bytes, list[int]] = {}
@@ -120,7 +120,8 @@ def heard_greeting(
                 out["skipped"] += pos - i
                 out["heard"] += 1
                 i = pos + 1
-    out["left"] = len(reference_frames) - i  # greeting frames never heard (trailing silence included)
+    last_voiced = max((k for k, f in enumerate(reference_frames) if any(f)), default=-1)
+    out["left"] = max(0, last_voiced + 1 - i)  # spoken greeting frames never reached
     return out
 
 
@@ -159,7 +160,8 @@ def _mmm(s: dict[str, Any] | None, spec: str = ".2f") -> str:
     return f"{_f(s['min'], spec)}/{_f(s['median'], spec)}/{_f(s['max'], spec)}"
 
 
-ROW_LABELS = {"voiceline": "voiceline", "naive": "naive sleep", "playback": "Playback()"}
+ROW_LABELS = {"voiceline": "voiceline", "voiceline-ari": "voiceline ari", "naive": "naive sleep",
+              "playback": "Playback()"}
 
 
 def summary_table(report: dict[str, Any]) -> list[str]:
@@ -169,12 +171,13 @@ def summary_table(report: dict[str, Any]) -> list[str]:
     lab = {r["row"]: r for r in report.get("lab", {}).get("rows", [])}
     n = report["config"].get("calls")
     runs = report["config"].get("repeat")
+    pacing_servers = report["config"].get("pacing_servers", ["voiceline", "naive"])
     lines = [
         f"{'':12}| {f'{n} calls (pacing probe, loopback)':^40} | {f'1 call via lab Asterisk, min/median/max of {runs}':^48}",
         f"{'server':12}| {'send p99':>8} {'max':>7} {'missing':>8} {'CPU %':>6} {'status':>7} "
         f"| {'max delta ms':>18} {'mean jitter ms':>20} {'heard':>7}",
     ]
-    for key in ("voiceline", "naive", "playback"):
+    for key in ROW_LABELS:
         if key not in pacing and key not in lab:
             continue
         p = pacing.get(key) or {}
@@ -183,7 +186,7 @@ def summary_table(report: dict[str, Any]) -> list[str]:
         heard = row.get("heard_all")
         lines.append(
             f"{ROW_LABELS[key]:12}| {_f(p.get('send_p99_ms')):>8} {_f(p.get('send_max_ms'), '.1f'):>7} "
-            f"{_f(p.get('missing')):>8} {_f(p.get('cpu_pct'), '.1f'):>6} {p.get('status', 'n/a' if key == 'playback' else '-'):>7} "
+            f"{_f(p.get('missing')):>8} {_f(p.get('cpu_pct'), '.1f'):>6} {p.get('status', '-' if key in pacing_servers else 'n/a'):>7} "
             f"| {_mmm(agg.get('max_delta_ms')):>18} {_mmm(agg.get('mean_jitter_ms'), '.3f'):>20} "
             f"{'-' if heard is None else ('yes' if heard else 'NO'):>7}"
         )
