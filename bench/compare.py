@@ -135,7 +135,9 @@ def run_pacing(args: argparse.Namespace, server: str, workdir: Path) -> dict[str
     row = pacing_row(server, report["results"][0])
     row["engine_commit"] = report.get("git", {}).get("commit")
     row["command"] = " ".join(shlex.quote(c) for c in cmd[1:])
-    print("\n".join(proc.stdout.strip().splitlines()[-12:]), file=sys.stderr)
+    row["pacing_result"] = {k: v for k, v in report["results"][0].items() if k != "calls_detail"}
+    log(f"pacing probe {server}: send p99 {row['send_p99_ms']} ms, max {row['send_max_ms']} ms, "
+        f"missing {row['missing']}, CPU {row['cpu_pct']}%")
     return row
 
 

@@ -200,7 +200,9 @@ def measure_call(
     during = packets[first : last + 1]
     out["agent_span_packets"] = [first, last]
     out["agent"] = interval_stats(during)
-    out["heard"] = heard_greeting([p.payload for p in during], ref_frames)
+    # from the first spoken packet to the end of the call: the greeting's quiet tail
+    # (below the speech threshold) is after the span but still part of what was heard
+    out["heard"] = heard_greeting([p.payload for p in packets[first:]], ref_frames)
     t0, t1 = during[0].time, during[-1].time
     inside = [s for s in stalls if s.end >= t0 and s.start <= t1]
     out["machine_stalls"] = {
