@@ -30,15 +30,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from benchkit import REPO, git_info, machine_info, make_log
+from benchkit import REPO, git_info, machine_cpu, machine_info, make_log
 from compare_stats import lab_table, pacing_table, summary_table
 from pacing import DEFAULT_GREETING
 from pacing_client import reference_audio
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=15.0, help="pacing probe window (pacing.py --seconds)")
     p.add_argument("--pacing-servers", default="voiceline,naive", help="servers of the pacing probe")
     p.add_argument("--pacing-args", default="", help="more pacing.py options, e.g. '--pin --nice -10'")
+    p.add_argument("--wait-quiet-s", type=float, default=300.0,
+                   help="before each pacing probe, wait up to this long for the machine to go quiet (0: don't)")
+    p.add_argument("--quiet-cores", type=float, default=0.3, help="'quiet': busy CPU below this many cores")
     p.add_argument("--calls-one", type=int, default=1, help="simultaneous lab calls per row and run (0: skip the lab)")
     p.add_argument("--repeat", type=int, default=3, help="lab runs per row")
     p.add_argument("--rows", default=",".join(ROWS), help=f"lab rows, from {','.join(ROWS)}")
@@ -114,7 +119,26 @@ def pacing_row(server: str, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def wait_for_quiet(limit_cores: float, timeout_s: float) -> dict[str, Any]:
+    """Wait until the machine is nearly idle (busy CPU over 2 s below ``limit_cores``) or
+    ``timeout_s`` passed: another bench or test suite on a shared 2-core machine changes
+    the N-call numbers more than anything measured. Returns what was seen."""
+    deadline = time.monotonic() + timeout_s
+    waited = 0.0
+    while True:
+        a = machine_cpu()
+        time.sleep(2.0)
+        b = machine_cpu()
+        busy = (b[0] - a[0]) / max(1, b[1] - a[1]) * (os.cpu_count() or 1)
+        if busy < limit_cores or time.monotonic() >= deadline:
+            return {"busy_cores": round(busy, 2), "waited_s": round(waited, 1), "quiet": busy < limit_cores}
+        if waited == 0.0:
+            log(f"machine busy ({busy:.2f} cores); waiting up to {timeout_s:g} s for it to go quiet")
+        waited += 2.0
+
+
 def run_pacing(args: argparse.Namespace, server: str, workdir: Path) -> dict[str, Any]:
+    quiet = wait_for_quiet(args.quiet_cores, args.wait_quiet_s) if args.wait_quiet_s > 0 else None
     out = workdir / f"pacing-{server}.json"
     cmd = [sys.executable, str(REPO / "bench" / "pacing.py"), "--calls", str(args.calls),
            "--seconds", f"{args.seconds:g}", "--pattern", args.pattern, "--speed", f"{args.speed:g}",
@@ -135,6 +159,7 @@ def run_pacing(args: argparse.Namespace, server: str, workdir: Path) -> dict[str
     row = pacing_row(server, report["results"][0])
     row["engine_commit"] = report.get("git", {}).get("commit")
     row["command"] = " ".join(shlex.quote(c) for c in cmd[1:])
+    row["machine_before"] = quiet
     row["pacing_result"] = {k: v for k, v in report["results"][0].items() if k != "calls_detail"}
     log(f"pacing probe {server}: send p99 {row['send_p99_ms']} ms, max {row['send_max_ms']} ms, "
         f"missing {row['missing']}, CPU {row['cpu_pct']}%")
@@ -157,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "config": {
             "calls": args.calls, "seconds": args.seconds, "pacing_servers": args.pacing_servers,
-            "pacing_args": args.pacing_args, "calls_one": args.calls_one, "repeat": args.repeat,
+            "pacing_args": args.pacing_args, "wait_quiet_s": args.wait_quiet_s, "quiet_cores": args.quiet_cores,
+            "calls_one": args.calls_one, "repeat": args.repeat,
             "rows": args.rows, "greeting_s": args.greeting_s,
             "reference_s": round(len(reference) / 16000, 2), "tail_s": args.tail_s, "greeting": args.greeting,
             "pattern": args.pattern, "speed": args.speed, "seed": args.seed, "rt_priority": args.rt_priority,

@@ -173,8 +173,8 @@ def summary_table(report: dict[str, Any]) -> list[str]:
     runs = report["config"].get("repeat")
     pacing_servers = report["config"].get("pacing_servers", ["voiceline", "naive"])
     lines = [
-        f"{'':12}| {f'{n} calls (pacing probe, loopback)':^40} | {f'1 call via lab Asterisk, min/median/max of {runs}':^48}",
-        f"{'server':12}| {'send p99':>8} {'max':>7} {'missing':>8} {'CPU %':>6} {'status':>7} "
+        f"{'':14}| {(f'{n} calls (pacing probe, loopback)' if pacing else 'pacing probe not run'):^40} | {(f'1 call via lab Asterisk, min/median/max of {runs}' if lab else 'lab not run'):^48}",
+        f"{'server':14}| {'send p99':>8} {'max':>7} {'missing':>8} {'CPU %':>6} {'status':>7} "
         f"| {'max delta ms':>18} {'mean jitter ms':>20} {'heard':>7}",
     ]
     for key in ROW_LABELS:
@@ -185,7 +185,7 @@ def summary_table(report: dict[str, Any]) -> list[str]:
         agg = row.get("spread", {})
         heard = row.get("heard_all")
         lines.append(
-            f"{ROW_LABELS[key]:12}| {_f(p.get('send_p99_ms')):>8} {_f(p.get('send_max_ms'), '.1f'):>7} "
+            f"{ROW_LABELS[key]:14}| {_f(p.get('send_p99_ms')):>8} {_f(p.get('send_max_ms'), '.1f'):>7} "
             f"{_f(p.get('missing')):>8} {_f(p.get('cpu_pct'), '.1f'):>6} {p.get('status', '-' if key in pacing_servers else 'n/a'):>7} "
             f"| {_mmm(agg.get('max_delta_ms')):>18} {_mmm(agg.get('mean_jitter_ms'), '.3f'):>20} "
             f"{'-' if heard is None else ('yes' if heard else 'NO'):>7}"
@@ -199,7 +199,7 @@ def summary_table(report: dict[str, Any]) -> list[str]:
 def lab_table(report: dict[str, Any]) -> list[str]:
     """Every lab call: one line per run and row."""
     lines = [
-        f"{'row':12} {'run':>3} | {'packets':>7} {'lost':>4} {'max delta':>9} {'mean jit':>8} {'max jit':>7} "
+        f"{'row':14} {'run':>3} | {'packets':>7} {'lost':>4} {'max delta':>9} {'mean jit':>8} {'max jit':>7} "
         f"{'p99|d-20|':>9} {'>22ms':>5} {'drift':>6} | {'heard':>5} {'gaps':>4} {'skip':>4} {'mism':>4} {'left':>4} "
         f"| {'stalls':>6} {'max st':>6} | {'tshark jit (call)':>17}"
     ]
@@ -209,7 +209,7 @@ def lab_table(report: dict[str, Any]) -> list[str]:
             h = run.get("heard") or {}
             st = run.get("machine_stalls") or {}
             lines.append(
-                f"{ROW_LABELS[row['row']]:12} {run['run']:>3} | {_f(s.get('packets')):>7} {_f(s.get('lost')):>4} "
+                f"{ROW_LABELS[row['row']]:14} {run['run']:>3} | {_f(s.get('packets')):>7} {_f(s.get('lost')):>4} "
                 f"{_f(s.get('max_delta_ms')):>9} {_f(s.get('mean_jitter_ms'), '.3f'):>8} "
                 f"{_f(s.get('max_jitter_ms'), '.3f'):>7} {_f(s.get('p99_abs_err_ms')):>9} {_f(s.get('over_22ms')):>5} "
                 f"{_f(s.get('drift_ms'), '.1f'):>6} | {_f(h.get('heard')):>5} {_f(h.get('gaps')):>4} "
@@ -222,12 +222,12 @@ def lab_table(report: dict[str, Any]) -> list[str]:
 
 def pacing_table(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"{'server':12}| {'send p50':>8} {'p99':>6} {'p99.9':>6} {'max':>6} | {'gaps':>5} {'missing':>8} "
+        f"{'server':14}| {'send p50':>8} {'p99':>6} {'p99.9':>6} {'max':>6} | {'gaps':>5} {'missing':>8} "
         f"{'pauses':>6} | {'CPU %':>6} {'per call':>8} {'RSS MB':>7} | {'other':>5} | {'status':>7}"
     ]
     for p in report.get("pacing", []):
         lines.append(
-            f"{ROW_LABELS.get(p['server'], p['server']):12}| {_f(p.get('send_p50_ms')):>8} {_f(p.get('send_p99_ms')):>6} "
+            f"{ROW_LABELS.get(p['server'], p['server']):14}| {_f(p.get('send_p50_ms')):>8} {_f(p.get('send_p99_ms')):>6} "
             f"{_f(p.get('send_p999_ms')):>6} {_f(p.get('send_max_ms'), '.1f'):>6} | {_f(p.get('gaps')):>5} "
             f"{_f(p.get('missing')):>8} {_f(p.get('pauses')):>6} | {_f(p.get('cpu_pct'), '.1f'):>6} "
             f"{_f(p.get('cpu_per_call_pct'), '.3f'):>8} {_f(p.get('rss_mb'), '.1f'):>7} | "
