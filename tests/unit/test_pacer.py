@@ -173,9 +173,9 @@ def test_register_twice_is_an_error_and_unregister_is_tolerant() -> None:
         Pacer(spin_s=0.5)
 
 
-def test_a_tick_runs_every_tick_fn_then_every_write_then_every_sent() -> None:
+def test_a_tick_runs_every_tick_fn_then_every_write_then_every_sent_then_every_poll() -> None:
     # Every call's frame leaves at the same point of each tick only if no stream's
-    # state machine or bookkeeping runs between two writes.
+    # state machine, bookkeeping or inbound reading runs between two writes.
     pacer = Pacer(clock=lambda: 0.0)
     order: list[tuple[str, str]] = []
     for name in ("a", "b", "c"):
@@ -184,9 +184,28 @@ def test_a_tick_runs_every_tick_fn_then_every_write_then_every_sent() -> None:
             lambda now, n=name: order.append(("tick", n)) or n.encode(),
             write_fn=lambda frame: order.append(("write", frame.decode())),
             sent_fn=lambda frame, now: order.append(("sent", frame.decode())),
+            poll_fn=lambda n=name: order.append(("poll", n)),
         )
     pacer.run_tick(0.0)
-    assert order == [(phase, n) for phase in ("tick", "write", "sent") for n in "abc"]
+    assert order == [(phase, n) for phase in ("tick", "write", "sent", "poll") for n in "abc"]
+
+
+def test_a_stream_whose_poll_fails_is_removed_and_its_owner_told() -> None:
+    pacer = Pacer(clock=lambda: 0.0)
+    failures: list[BaseException] = []
+    polled: list[str] = []
+    bug = ValueError("inbound bug")
+
+    def bad_poll() -> None:
+        raise bug
+
+    pacer.register("bad", lambda now: None, poll_fn=bad_poll, on_error=failures.append)
+    pacer.register("good", lambda now: None, poll_fn=lambda: polled.append("good"))
+    with structlog.testing.capture_logs():
+        pacer.run_tick(0.0)
+        pacer.run_tick(0.02)
+    assert failures == [bug] and not pacer.is_registered("bad")
+    assert polled == ["good", "good"]
 
 
 def test_a_stream_whose_write_fails_is_removed_before_its_sent_and_others_go_on() -> None:

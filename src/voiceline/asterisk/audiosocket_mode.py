@@ -53,6 +53,9 @@ class AudioSocketLeg:
     def send_frame(self, pcm: bytes) -> None:
         self._connection.send_audio(pcm, self._kind)
 
+    def poll_inbound(self) -> None:
+        self._connection.poll_read()
+
     def hangup(self) -> None:
         if not self._connection.closed:
             self._connection.send_hangup()

@@ -188,7 +188,7 @@ class Call:
         self.connected.set()
         self.stream = self._streaming.open(
             self.session.call_id, self.wire_format, send_frame=self._send_frame, on_event=self._on_stream_event,
-            frame_sent=self._frame_sent,
+            frame_sent=self._frame_sent, poll_inbound=leg.poll_inbound,
             on_failure=self._on_stream_failure,
         )
         self._replay_pre_attach()

@@ -35,6 +35,14 @@ class MediaLeg(Protocol):
         """Queue one frame for the caller; must not block (it runs on the pacer's tick)."""
         ...
 
+    def poll_inbound(self) -> None:
+        """Deliver what the phone side sent since the last call (to the call's
+        ``on_caller_audio``/``on_dtmf``/...). Called in every pacer tick, after the
+        frames were written, while the call's stream is open, so caller audio is
+        handled in the media plane's own 20 ms step; a leg whose audio arrives by
+        itself does nothing."""
+        ...
+
     def hangup(self) -> None:
         """Ask the phone side to hang up and close the leg; idempotent."""
         ...

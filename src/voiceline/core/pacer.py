@@ -19,15 +19,20 @@ would overflow the bridge and be heard as a glitch anyway.
   has millisecond granularity; the callback then busy-waits the rest without
   yielding. A yield-spin (``await asyncio.sleep(0)``) would run every ready I/O
   callback on each turn and overshoot the deadline by as much as they take.
-* What runs before a stream's write inside the tick. A tick has three phases:
-  every stream's ``tick_fn(now)`` first (the playout state machine; may return a
-  frame), then every returned frame's ``write_fn(frame)`` back to back, then every
-  ``sent_fn(frame, now)`` (bookkeeping that reads what was sent). With 300
-  streams the writes are a uniform ~1 ms burst in a fixed order, so each call's
-  frames are spaced by the period however much state-machine and bookkeeping work
-  varies from tick to tick.
+* What runs before a stream's write inside the tick. A tick has four phases:
+  every stream's ``tick_fn(now)`` (the playout state machine; may return a
+  frame), every returned frame's ``write_fn(frame)`` back to back, every
+  ``sent_fn(frame, now)`` (bookkeeping that reads what was sent), and last every
+  stream's ``poll_fn()``: its inbound side reads and handles what the caller sent
+  since the last tick, in one read per call instead of one loop callback per
+  frame. The writes are a uniform burst in a fixed order, so each call's frames
+  are spaced by the period however much the work around them varies. Reading
+  after the writes costs a barge-in at most one period: what the caller said
+  before this tick's writes decides the next tick's frame. Reading before them
+  would put every call's inbound work, and the caller side's own burstiness (a
+  late frame, then two), in front of the writes.
 
-A failing ``tick_fn``, ``write_fn`` or ``sent_fn`` is logged (with its traceback)
+A failing ``tick_fn``, ``write_fn``, ``sent_fn`` or ``poll_fn`` is logged (with its traceback)
 under its stream id, counted in ``tick_errors`` and removed, and its
 ``on_error(exc)`` is called once so the stream's owner can end what depended on it
 (a call with no outbound audio is of no use to the caller); the other streams keep
@@ -37,6 +42,7 @@ ticking in the same tick.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,10 +50,15 @@ import structlog
 
 from voiceline.core.log_levels import is_debug
 
-__all__ = ["ErrorFn", "Pacer", "PacerSchedule", "PacerStats", "SentFn", "TickFn", "WriteFn"]
+__all__ = ["ErrorFn", "Pacer", "PacerSchedule", "PacerStats", "PollFn", "SentFn", "TickFn", "WriteFn"]
 
 log = structlog.get_logger("voiceline.streaming")
 
+# time.sleep wakes up to ~60 us late here (the kernel's default timer slack is
+# 50 us); the pacer sleeps to this much before the deadline and spins the rest.
+_SLEEP_SLACK_S = 0.0001
+
+PollFn = Callable[[], None]
 TickFn = Callable[[float], "bytes | None"]
 WriteFn = Callable[[bytes], None]
 SentFn = Callable[[bytes, float], None]
@@ -136,11 +147,17 @@ class _Entry:
     """One registered stream; its identity tells a stream replaced mid-tick from the
     one the tick started with."""
 
-    __slots__ = ("on_error", "sent_fn", "tick_fn", "write_fn")
+    __slots__ = ("on_error", "poll_fn", "sent_fn", "tick_fn", "write_fn")
 
     def __init__(
-        self, tick_fn: TickFn, write_fn: WriteFn | None, sent_fn: SentFn | None, on_error: ErrorFn | None
+        self,
+        tick_fn: TickFn,
+        write_fn: WriteFn | None,
+        sent_fn: SentFn | None,
+        on_error: ErrorFn | None,
+        poll_fn: PollFn | None,
     ) -> None:
+        self.poll_fn = poll_fn
         self.tick_fn = tick_fn
         self.write_fn = write_fn
         self.sent_fn = sent_fn
@@ -199,8 +216,13 @@ class Pacer:
         on_error: ErrorFn | None = None,
         write_fn: WriteFn | None = None,
         sent_fn: SentFn | None = None,
+        poll_fn: PollFn | None = None,
     ) -> None:
         """Tick ``tick_fn(now)`` every period until ``unregister``.
+
+        ``poll_fn()``, if given, runs last in every tick, after every stream's write:
+        the stream's inbound side reads what arrived; what it decides (a barge-in)
+        applies to the next tick's frame.
 
         When ``tick_fn`` returns a frame and ``write_fn`` is given, the frame goes to
         ``write_fn(frame)`` after every stream's ``tick_fn`` ran, then to
@@ -210,7 +232,7 @@ class Pacer:
         """
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} is already registered")
-        self._streams[stream_id] = _Entry(tick_fn, write_fn, sent_fn, on_error)
+        self._streams[stream_id] = _Entry(tick_fn, write_fn, sent_fn, on_error, poll_fn)
         if self._debug:
             log.debug(
                 "pacer stream registered",
@@ -285,11 +307,15 @@ class Pacer:
         deadline = schedule.next_deadline
         assert deadline is not None
         try:
-            # Busy-wait the last stretch: yielding would let every ready I/O callback
-            # run first. Only while some stream will hear the tick. Waited on the
-            # loop's clock, so an injected clock that stands still cannot hang it.
+            # Wait out the last stretch without yielding: yielding would let every
+            # ready I/O callback run first. Only while some stream will hear the tick.
+            # Waited on the loop's clock, so an injected clock that stands still
+            # cannot hang it.
             if self._streams:
                 until = deadline + loop.time() - clock()
+                rest = until - loop.time() - _SLEEP_SLACK_S
+                if rest > 0:
+                    time.sleep(rest)  # blocks the loop as a busy-wait would, without the CPU
                 while loop.time() < until:
                     pass
             now = clock()
@@ -308,6 +334,21 @@ class Pacer:
     def run_tick(self, now: float) -> None:
         """Tick every registered stream once (the timer's body; public so a test or a
         simulator can drive the pacer with a fake clock)."""
+        self._play(now)
+        self._poll_all()
+
+    def _poll_all(self) -> None:
+        streams = self._streams
+        for stream_id, entry in list(streams.items()):
+            poll_fn = entry.poll_fn
+            if poll_fn is None or streams.get(stream_id) is not entry:
+                continue
+            try:
+                poll_fn()
+            except Exception as exc:
+                self._fail(stream_id, entry, exc)
+
+    def _play(self, now: float) -> None:
         streams = self._streams
         staged: list[tuple[str, _Entry, bytes]] = []
         for stream_id, entry in list(streams.items()):

@@ -96,6 +96,7 @@ class StreamingPlaybackManager:
         on_event: Callable[[StreamEvent], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         frame_sent: Callable[[bytes, float], None] | None = None,
+        poll_inbound: Callable[[], None] | None = None,
     ) -> OutboundStream:
         """Start ticking a new stream for ``call_id``.
 
@@ -104,7 +105,7 @@ class StreamingPlaybackManager:
         now)`` for whatever bookkeeping reads what was sent. Both, ``on_event(event)``
         and ``on_failure(exc)`` (once, after the stream was removed) run inside the
         pacer tick and must not block (schedule the call's teardown, do not await it
-        here).
+        here). ``poll_inbound()`` runs last in every tick (see ``Pacer.register``).
         """
         if call_id in self._entries:
             raise ValueError(f"a stream for call {call_id!r} is already open")
@@ -132,7 +133,8 @@ class StreamingPlaybackManager:
         def tick(now: float) -> bytes:
             return stream.tick(now)
 
-        self._pacer.register(call_id, tick, on_error=failed, write_fn=send_frame, sent_fn=frame_sent)
+        self._pacer.register(call_id, tick, on_error=failed, write_fn=send_frame, sent_fn=frame_sent,
+                            poll_fn=poll_inbound)
         self._entries[call_id] = entry
         if self._debug:
             log.debug(
