@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +21,7 @@ from voiceline.core.engine import Engine
 from voiceline.core.pacer import Pacer
 from voiceline.core.session_store import SessionStore
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
+from voiceline.gc_policy import GcKeeper
 from voiceline.tasks import cancel_and_wait
 from voiceline.providers.registry import ProviderRegistry
 from voiceline.telemetry.history import CallHistory
@@ -34,6 +34,12 @@ from voiceline.wiring import Parts, build_parts
 from voiceline.call_functions import functions_factory
 
 log = structlog.get_logger("voiceline.app")
+
+# A node that is never without calls still runs a full collection this often (it
+# may be heard as one short gap on every call of the process); calls leave only a
+# few objects per call in reference cycles, so waiting costs little memory.
+GC_MAX_INTERVAL_S = 3600.0
+GC_POLL_S = 30.0
 
 
 class App:
@@ -75,6 +81,8 @@ class App:
         self.http: TelemetryServer | None = None
         self.recordings: RecordingWriter | None = None
         self._started_at = 0.0
+        self.gc_keeper = GcKeeper(GC_MAX_INTERVAL_S)
+        self._gc_timer: asyncio.TimerHandle | None = None
         self.draining = False
 
     async def start(self) -> None:
@@ -139,10 +147,11 @@ class App:
             events = self.ari.run_events(self.ari_mode.on_event,
                                          on_connection_change=self.ari_mode.on_connection_change)
             self._events_task = asyncio.create_task(events, name="ari-events")
-        # Everything built so far lives for the whole run: move it out of the cyclic
-        # GC's generations so full collections during calls stay short.
-        gc.collect()
-        gc.freeze()
+        # Everything built so far lives for the whole run: collected once, moved out
+        # of the cyclic GC's reach, and from now on full collections wait for an
+        # idle moment (or the longest wait) instead of stopping every call's audio.
+        self.gc_keeper.install()
+        self._gc_timer = loop.call_later(GC_POLL_S, self._poll_gc)
         # Ticking starts after that full collection, so the pacer's lateness in
         # /health tells about calls, not about the ~30 ms of start-up housekeeping.
         self.pacer.start()
@@ -150,7 +159,13 @@ class App:
                  workers=settings.workers,
                  audiosocket=f"{s.host}:{self.audiosocket.bound_port}", config_hash=settings.digest())
 
+    def _poll_gc(self) -> None:
+        self.gc_keeper.poll()
+        self._gc_timer = asyncio.get_running_loop().call_later(GC_POLL_S, self._poll_gc)
+
     def _on_call_ended(self, call: Call) -> None:
+        if self.engine is not None:
+            self.gc_keeper.calls_changed(self.engine.active_calls)
         session = call.session
         stats = call.stream.stats.as_dict() if call.stream is not None else {}
         self.metrics.restarts_total.inc(int(stats.get("restarts", 0)))
@@ -250,6 +265,10 @@ class App:
             await self.audiosocket.stop()
         if self.pacer is not None:
             await self.pacer.stop()
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+            self._gc_timer = None
+        self.gc_keeper.uninstall()
         self._stopped.set()
 
     async def run_until_signalled(

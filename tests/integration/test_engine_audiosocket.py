@@ -164,3 +164,33 @@ async def test_frames_of_another_sample_rate_are_refused_counted_and_logged_once
     assert call_summary(call)["frames_wrong_rate"] == 20
     await leg.hangup()
     await _wait_for(lambda: app.engine.active_calls == 0)
+
+
+async def test_full_collections_wait_for_the_last_call_to_end(app):
+    # A full GC pass walks every object of every call with the GIL held; while calls
+    # play it stops all of them at once. The engine runs it once idle instead.
+    import gc
+
+    assert gc.get_threshold()[2] > 10**9  # no automatic full collection
+    before = app.gc_keeper.collections
+    legs = [CallerLeg("127.0.0.1", app.audiosocket.bound_port) for _ in range(2)]
+    for leg in legs:
+        await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 2)
+    await legs[0].hangup()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    assert app.gc_keeper.collections == before  # one call still playing
+    await legs[1].hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)
+    assert app.gc_keeper.collections == before + 1
+
+
+async def test_stopping_the_app_restores_the_collector_thresholds():
+    import gc
+
+    before = gc.get_threshold()
+    application = App(_settings())
+    await application.start()
+    assert gc.get_threshold() != before
+    await application.stop()
+    assert gc.get_threshold() == before
