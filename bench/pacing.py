@@ -48,7 +48,9 @@ from pacing_report import (
     TARGET_CPU_PCT,
     TARGET_FLAT_RATIO,
     TARGET_MIN_SPEED,
+    TARGET_MAX_ERROR_MS,
     TARGET_P99_MS,
+    TARGET_RSS_KB_PER_CALL,
     flatness,
     print_table,
 )
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "git": git_info(),
         "targets": {
-            "p99_interval_error_ms": TARGET_P99_MS, "restarts": 0, "pauses": 0, "fallbacks": 0,
+            "p99_interval_error_ms": TARGET_P99_MS, "max_interval_error_ms": TARGET_MAX_ERROR_MS,
+            "gaps_after_ramp": 0, "rss_per_call_kb": TARGET_RSS_KB_PER_CALL,
+            "restarts": 0, "fallbacks": 0,
             "engine_cpu_pct_below": TARGET_CPU_PCT, "flat_per_call_ratio": TARGET_FLAT_RATIO,
             "pause_target_applies_at_speed_x": TARGET_MIN_SPEED,
         },

@@ -403,6 +403,9 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
             "agent": int(sum(c["agent_frames"] for c in calls)),
             "missing": int(sum(c["missing"] for c in calls)),
             "gaps_client": int(sum(c["gaps"] for c in calls)),
+            # silence inside agent speech after the connect ramp: a pause there is
+            # a pause in steady state, which the goal allows none of
+            "gaps_steady": int(((gap_at >= win_a_t - t_start) & (gap_at <= t_end - t_start)).sum()),
             "gaps_engine": engine_stats["silence_frames_inserted"],
             "mismatched": int(sum(c["mismatched"] for c in calls)),
             "skipped_ref": int(sum(c["skipped_ref"] for c in calls)),

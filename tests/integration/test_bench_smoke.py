@@ -43,13 +43,14 @@ def test_report_structure(report):
     for section in ("timing_agent", "timing_all", "timing_agent_read", "timing_all_read"):
         assert {"n", "p50_ms", "p99_ms", "max_ms"} <= set(row[section]), section
     for section, keys in {
-        "frames": {"received", "agent", "gaps_client", "gaps_engine", "missing", "mismatched"},
+        "frames": {"received", "agent", "gaps_client", "gaps_engine", "gaps_steady", "missing", "mismatched"},
         "streaming": {"streaming_started", "restarts", "pauses", "fallbacks", "end_reasons"},
         "engine": {"cpu_pct", "cpu_idle_pct", "cpu_per_call_pct", "rss_mb", "rss_idle_mb", "rss_per_call_kb"},
         "client": {"cpu_pct", "loop_lag", "connected", "connect_errors"},
         "provider": {"speed_x_mean", "greeting_latency_s_p50"},
         "summaries": {"count", "end_reasons"},
-        "checks": {"p99_interval_error", "restarts", "pauses", "fallbacks", "engine_cpu"},
+        "checks": {"p99_interval_error", "no_gap_over_30ms", "no_pause_after_ramp", "restarts",
+                   "fallbacks", "engine_cpu", "rss_per_call"},
     }.items():
         assert keys <= set(row[section]), (section, keys - set(row[section]))
     for check in row["checks"].values():
