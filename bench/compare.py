@@ -23,6 +23,14 @@ Two measurements, both printed in one table and written to one JSON report:
   lab/configure.sh). Runs are interleaved.
 
 The lab part takes the end-to-end tests' lock and needs root; see compare_lab.py.
+
+Columns of the per-call lab table: ``>22ms`` inter-arrival deltas over the issue's 22 ms
+bound; ``drift`` how far the last agent packet arrived behind a 20 ms clock started at
+the first (a per-call sleep falls behind, a paced stream stays at ~0); ``heard/gaps/skip/
+mism/left`` the frame-for-frame alignment with the greeting (``left``: spoken greeting
+frames never reached); ``stalls``/``max st`` machine stalls during the agent audio seen by
+lab/stallwitness.py; ``busy`` CPU busy on the whole machine during the call, in cores;
+``tshark jit (call)`` tshark's own mean jitter over the whole call, as a cross-check.
 """
 
 from __future__ import annotations

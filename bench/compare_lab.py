@@ -25,7 +25,15 @@ from typing import Any
 
 import yaml
 
-from benchkit import REPO, bench_engine_config, child_env, json_event, stop_process, wait_for_file_line
+from benchkit import (
+    REPO,
+    bench_engine_config,
+    child_env,
+    json_event,
+    machine_cpu,
+    stop_process,
+    wait_for_file_line,
+)
 from compare_stats import agent_span, heard_greeting, interval_stats, reference_frames, spread
 
 import labkit  # noqa: E402
@@ -65,8 +73,9 @@ def lab_asterisk(log) -> Iterator[labkit.AsteriskLab]:
     with lab_lock():
         labkit.ensure_lab()
         lab = labkit.AsteriskLab(ari_password=ARI_PASSWORD)
+        was_running = lab.running()
         lab.start()
-        log(f"lab Asterisk up ({'started here' if lab._owned else 'was already running'})")
+        log(f"lab Asterisk up ({'was already running' if was_running else 'started here'})")
         try:
             yield lab
         finally:
@@ -234,6 +243,7 @@ def one_run(
         # that even a stream that drifted behind real time is heard to its end
         duration = round(len(reference) / 16000 + args.tail_s, 1)
         silence = labkit.make_silence_ulaw(duration, workdir / "silence.ulaw")
+        busy_a = machine_cpu()
         with StallWitness() as witness:
             calls = [
                 CallInBackground(
@@ -245,6 +255,9 @@ def one_run(
             ]
             results = [c.result(duration + 120) for c in calls]
             stalls = witness.stalls
+        busy_b = machine_cpu()
+        # CPU busy on the whole machine during the calls (ours included), in cores
+        busy_cores = round((busy_b[0] - busy_a[0]) / max(1, busy_b[1] - busy_a[1]) * (os.cpu_count() or 1), 2)
         if procs and row != "playback":
             time.sleep(1.0)  # the call_summary follows the hang-up
             server = procs[-1]
@@ -263,7 +276,7 @@ def one_run(
     runs = []
     for k, res in enumerate(results):
         m = measure_call(res, ref_frames, stalls, labkit.SIPP_RTP_PORT + 2 * k)
-        m.update(run=run, call=k, server_log=engine_events)
+        m.update(run=run, call=k, server_log=engine_events, machine_busy_cores=busy_cores)
         if not res.ok:
             m["error"] = f"sipp exit {res.returncode}: {res.errors()[-300:]}"
         runs.append(m)

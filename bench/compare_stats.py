@@ -201,7 +201,7 @@ def lab_table(report: dict[str, Any]) -> list[str]:
     lines = [
         f"{'row':14} {'run':>3} | {'packets':>7} {'lost':>4} {'max delta':>9} {'mean jit':>8} {'max jit':>7} "
         f"{'p99|d-20|':>9} {'>22ms':>5} {'drift':>6} | {'heard':>5} {'gaps':>4} {'skip':>4} {'mism':>4} {'left':>4} "
-        f"| {'stalls':>6} {'max st':>6} | {'tshark jit (call)':>17}"
+        f"| {'stalls':>6} {'max st':>6} {'busy':>5} | {'tshark jit (call)':>17}"
     ]
     for row in report.get("lab", {}).get("rows", []):
         for run in row["runs"]:
@@ -214,7 +214,8 @@ def lab_table(report: dict[str, Any]) -> list[str]:
                 f"{_f(s.get('max_jitter_ms'), '.3f'):>7} {_f(s.get('p99_abs_err_ms')):>9} {_f(s.get('over_22ms')):>5} "
                 f"{_f(s.get('drift_ms'), '.1f'):>6} | {_f(h.get('heard')):>5} {_f(h.get('gaps')):>4} "
                 f"{_f(h.get('skipped')):>4} {_f(h.get('mismatched')):>4} {_f(h.get('left')):>4} | {_f(st.get('count')):>6} "
-                f"{_f(st.get('max_ms'), '.1f'):>6} | {_f(run.get('tshark_mean_jitter_ms'), '.3f'):>17}"
+                f"{_f(st.get('max_ms'), '.1f'):>6} {_f(run.get('machine_busy_cores')):>5} "
+                f"| {_f(run.get('tshark_mean_jitter_ms'), '.3f'):>17}"
                 + (f"  ERROR: {run['error']}" if run.get("error") else "")
             )
     return lines
