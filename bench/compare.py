@@ -115,6 +115,7 @@ def pacing_row(server: str, result: dict[str, Any]) -> dict[str, Any]:
         "send_max_ms": ta.get("max_ms"),
         "missing": frames.get("missing"),
         "gaps": frames.get("gaps_client"),
+        "gaps_steady": frames.get("gaps_steady"),  # after the connect ramp (pacing.py's target)
         "mismatched": frames.get("mismatched"),
         "calls_without_agent_audio": frames.get("calls_without_agent_audio"),
         "pauses": result["streaming"].get("pauses"),

@@ -223,13 +223,13 @@ def lab_table(report: dict[str, Any]) -> list[str]:
 
 def pacing_table(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"{'server':14}| {'send p50':>8} {'p99':>6} {'p99.9':>6} {'max':>6} | {'gaps':>5} {'missing':>8} "
+        f"{'server':14}| {'send p50':>8} {'p99':>6} {'p99.9':>6} {'max':>6} | {'gaps all/steady':>15} {'missing':>8} "
         f"{'pauses':>6} | {'CPU %':>6} {'per call':>8} {'RSS MB':>7} | {'other':>5} | {'status':>7}"
     ]
     for p in report.get("pacing", []):
         lines.append(
             f"{ROW_LABELS.get(p['server'], p['server']):14}| {_f(p.get('send_p50_ms')):>8} {_f(p.get('send_p99_ms')):>6} "
-            f"{_f(p.get('send_p999_ms')):>6} {_f(p.get('send_max_ms'), '.1f'):>6} | {_f(p.get('gaps')):>5} "
+            f"{_f(p.get('send_p999_ms')):>6} {_f(p.get('send_max_ms'), '.1f'):>6} | {_f(p.get('gaps')) + '/' + _f(p.get('gaps_steady')):>15} "
             f"{_f(p.get('missing')):>8} {_f(p.get('pauses')):>6} | {_f(p.get('cpu_pct'), '.1f'):>6} "
             f"{_f(p.get('cpu_per_call_pct'), '.3f'):>8} {_f(p.get('rss_mb'), '.1f'):>7} | "
             f"{_f(p.get('foreign_core_pct'), '.0f'):>5} | {p.get('status', '-'):>7}"
