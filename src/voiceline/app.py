@@ -52,12 +52,14 @@ class App:
         metrics: Metrics | None = None,
         reuse_port: bool = False,
         started_event: str = "voiceline_started",
+        pacer_phase: float | None = None,
     ) -> None:
         """``parts``: StreamParams and providers already built by ``wiring.build_parts``
         (``serve`` checks them before starting); built here otherwise. An engine worker
         process (``voiceline.workers``) passes its ``metrics``, shares the AudioSocket port
-        (``reuse_port``) and logs ``started_event`` instead of ``voiceline_started``, which
-        its supervisor logs once every worker is up."""
+        (``reuse_port``), ticks at ``pacer_phase`` of the period (see ``Pacer``) and logs
+        ``started_event`` instead of ``voiceline_started``, which its supervisor logs once
+        every worker is up."""
         self.settings = settings
         self._clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
@@ -81,6 +83,7 @@ class App:
         self.http: TelemetryServer | None = None
         self.recordings: RecordingWriter | None = None
         self._started_at = 0.0
+        self._pacer_phase = pacer_phase
         self.gc_keeper = GcKeeper(GC_MAX_INTERVAL_S)
         self._gc_timer: asyncio.TimerHandle | None = None
         self.draining = False
@@ -89,7 +92,7 @@ class App:
         loop = asyncio.get_running_loop()
         clock = self._clock or loop.time
         settings = self.settings
-        self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock)
+        self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock, phase=self._pacer_phase)
         streaming = StreamingPlaybackManager(self.stream_params, self.pacer, clock=clock)
         if settings.mode == "ari":
             a = settings.asterisk

@@ -237,3 +237,17 @@ def test_a_tick_fn_returning_nothing_writes_nothing() -> None:
     pacer.register("quiet", lambda now: None, write_fn=written.append)
     pacer.run_tick(0.0)
     assert written == []
+
+
+def test_a_phase_puts_the_grid_at_that_fraction_of_the_period_on_the_shared_clock() -> None:
+    from voiceline.core.pacer import first_deadline
+
+    assert first_deadline(1.013, 0.020, None) == 1.013  # no phase: start now
+    assert first_deadline(1.013, 0.020, 0.0) == pytest.approx(1.020)
+    assert first_deadline(1.013, 0.020, 0.5) == pytest.approx(1.030)
+    assert first_deadline(1.030, 0.020, 0.5) == pytest.approx(1.030)  # already on the grid
+    # Two processes starting at different moments land half a period apart.
+    a, b = first_deadline(5.0001, 0.020, 0.0), first_deadline(7.3337, 0.020, 0.5)
+    assert ((b - a) / 0.020) % 1.0 == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="phase"):
+        Pacer(phase=1.0)

@@ -42,6 +42,7 @@ ticking in the same tick.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ import structlog
 
 from voiceline.core.log_levels import is_debug
 
-__all__ = ["ErrorFn", "Pacer", "PacerSchedule", "PacerStats", "PollFn", "SentFn", "TickFn", "WriteFn"]
+__all__ = ["ErrorFn", "Pacer", "first_deadline", "PacerSchedule", "PacerStats", "PollFn", "SentFn", "TickFn", "WriteFn"]
 
 log = structlog.get_logger("voiceline.streaming")
 
@@ -133,6 +134,18 @@ class PacerSchedule:
         return 1
 
 
+def first_deadline(now: float, period_s: float, phase: float | None) -> float:
+    """Where a pacer's grid starts: ``now``, or with a ``phase`` (a fraction of the
+    period) the first grid point at that phase of the clock itself. The loop clock is
+    the system's monotonic clock, shared by every process, so pacers in two processes
+    given phases 0 and 0.5 tick half a period apart: their bursts take turns on the
+    cores instead of competing for them."""
+    if phase is None:
+        return now
+    offset = phase * period_s
+    return offset + math.ceil((now - offset) / period_s) * period_s
+
+
 @dataclass(frozen=True, slots=True)
 class PacerStats:
     ticks: int
@@ -183,9 +196,13 @@ class Pacer:
         spin_s: float = 0.001,
         late_threshold_s: float = 0.002,
         logging_level: str = "INFO",
+        phase: float | None = None,
     ) -> None:
         if spin_s < 0 or spin_s >= period_s:
             raise ValueError(f"spin_s must be in [0, period_s), got {spin_s}")
+        if phase is not None and not 0.0 <= phase < 1.0:
+            raise ValueError(f"phase must be in [0, 1), got {phase}")
+        self._phase = phase
         self._schedule = PacerSchedule(period_s)
         self._clock = clock
         self._spin_s = spin_s
@@ -279,7 +296,7 @@ class Pacer:
         loop = asyncio.get_running_loop()
         if self._clock is None:
             self._clock = loop.time
-        self._schedule.start(self._clock())
+        self._schedule.start(first_deadline(self._clock(), self.period_s, self._phase))
         self._arm(loop)
 
     async def stop(self) -> None:
