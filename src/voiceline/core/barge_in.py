@@ -325,8 +325,10 @@ class BargeInDetector:
         self._echo_ratio = params.echo_ratio
         self._noise_ratio = params.noise_ratio
         self._energy_threshold = float(params.energy_threshold)
-        # RMS of the reference sent in this slot and of the echo_tail_frames before it.
-        self._reference_rms: deque[float] = deque([0.0], maxlen=params.echo_tail_frames + 1)
+        # The reference sent in this slot and the echo_tail_frames before it, kept as
+        # sent: their RMS is only needed for the rare caller frame loud enough to
+        # reach the echo test (``_echo_level``), not for every frame.
+        self._references: deque[bytes | None] = deque([None], maxlen=params.echo_tail_frames + 1)
         self._noise_floor = _MinimumTracker(
             block_frames=max(1, _frames_for(NOISE_FLOOR_BLOCK_MS, params.frame_ms)), blocks=NOISE_FLOOR_BLOCKS
         )
@@ -391,7 +393,7 @@ class BargeInDetector:
         """
         if len(frame) != self._frame_bytes:
             raise ValueError(f"frame must be {self._frame_bytes} bytes ({self.params.frame_ms} ms), got {len(frame)}")
-        self._reference_rms.append(slin_rms(reference) if reference else 0.0)
+        self._references.append(reference or None)
         cooling_down = self._cooldown_left > 0
         if cooling_down:
             self._cooldown_left -= 1
@@ -443,7 +445,7 @@ class BargeInDetector:
         if rms < self._noise_ratio * self._noise_floor.minimum:
             self.stats.noise_rejected_frames += 1
             return False
-        if rms < self._echo_ratio * max(self._reference_rms):
+        if rms < self._echo_ratio * self._echo_level():
             self.stats.echo_rejected_frames += 1
             return False
         if not voiced:
@@ -451,6 +453,10 @@ class BargeInDetector:
             return False
         self.stats.speech_frames += 1
         return True
+
+    def _echo_level(self) -> float:
+        """The loudest agent frame of the echo tail (0.0 when nothing was sent)."""
+        return max((slin_rms(frame) for frame in self._references if frame), default=0.0)
 
     def _open_episode(self, now: float) -> None:
         self._episode_open = True
@@ -531,6 +537,7 @@ class _MinimumTracker:
         self._block_minimum = math.inf
         self._in_block = 0
         self._completed: deque[float] = deque(maxlen=max(1, blocks - 1))
+        self._completed_minimum = math.inf
         self.minimum = 0.0
 
     def add(self, value: float) -> None:
@@ -541,4 +548,7 @@ class _MinimumTracker:
             self._block_minimum = math.inf
             self._in_block = 0
         if self._completed:
-            self.minimum = min(*self._completed, self._block_minimum)
+            # min() over the completed blocks only when one completes (not per frame).
+            if self._in_block == 0:
+                self._completed_minimum = min(self._completed)
+            self.minimum = min(self._completed_minimum, self._block_minimum)
