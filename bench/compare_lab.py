@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
@@ -42,24 +41,11 @@ from stallwitness import StallWitness  # noqa: E402
 
 from voiceline.audio import g711  # noqa: E402
 
-LOCK_PATH = REPO / "lab" / ".cache" / "e2e.lock"
 ARI_PASSWORD = "voiceline-lab"  # the e2e fixtures' password; configure.sh writes it
 # Where the playback-greeting extension (lab/configure.sh) finds its file, inside the root.
 PLAYBACK_DIR = "var/lib/asterisk/sounds/voiceline-bench"
 # voiceline rows: engine mode and the extension that reaches it (lab/configure.sh)
 VOICELINE_ROWS = {"voiceline": ("audiosocket", "audiosocket"), "voiceline-ari": ("ari", "stasis")}
-
-
-@contextlib.contextmanager
-def lab_lock() -> Iterator[None]:
-    """The end-to-end tests' lock: one user of the lab Asterisk at a time."""
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with LOCK_PATH.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -69,8 +55,8 @@ def lab_asterisk(log) -> Iterator[labkit.AsteriskLab]:
     reason = labkit.lab_unavailable_reason()
     if reason:
         raise labkit.LabError(f"the lab cannot run here: {reason}")
-    log(f"waiting for the lab lock {LOCK_PATH}")
-    with lab_lock():
+    log(f"waiting for the lab lock {labkit.LAB_LOCK_PATH}")
+    with labkit.lab_lock():
         labkit.ensure_lab()
         lab = labkit.AsteriskLab(ari_password=ARI_PASSWORD)
         was_running = lab.running()

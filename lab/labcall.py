@@ -7,15 +7,14 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from labenv import (
+    new_call_dir,
     ASTERISK_RTP_PORTS,
-    LAB_CACHE,
     LAB_DIR,
     SIP_PORT,
     SIPP_RTP_PORT,
@@ -121,10 +120,7 @@ def place_call(
     plus SIP on 5060) is recorded to ``call_dir/capture.pcap`` and analysed.
     """
     if call_dir is None:
-        (LAB_CACHE / "calls").mkdir(parents=True, exist_ok=True)
-        call_dir = tempfile.mkdtemp(
-            prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{exten}-", dir=LAB_CACHE / "calls"
-        )
+        call_dir = new_call_dir(exten)
     work = Path(call_dir)
     work.mkdir(parents=True, exist_ok=True)
     pcap = work / "capture.pcap"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -29,6 +33,29 @@ REQUIRED_TOOLS = ("sipp", "tshark", "espeak-ng", "sox", "curl", "debootstrap")
 
 class LabError(RuntimeError):
     """A lab script or tool failed; the message carries its output tail."""
+
+
+# One user of the lab Asterisk (its SIP and ARI ports, the engine's listeners) at a
+# time: the end-to-end session and the comparison bench both take this lock.
+LAB_LOCK_PATH = LAB_CACHE / "e2e.lock"
+
+
+@contextlib.contextmanager
+def lab_lock() -> Iterator[None]:
+    """Hold the lab's lock (waits while another run holds it)."""
+    LAB_LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with LAB_LOCK_PATH.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def new_call_dir(label: str) -> Path:
+    """A fresh directory for one call's (or one load's) files under the lab cache."""
+    (LAB_CACHE / "calls").mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-", dir=LAB_CACHE / "calls"))
 
 
 def tail_lines(text: str, lines: int = 40) -> str:

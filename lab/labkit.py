@@ -61,6 +61,8 @@ from labcall import (
     place_call,
 )
 from labenv import (
+    LAB_LOCK_PATH,
+    lab_lock,
     REPO_ROOT,
     LAB_DIR,
     LAB_CACHE,
@@ -104,6 +106,8 @@ __all__ = [
     "ulaw_out_args",
     "CallResult",
     "place_call",
+    "LAB_LOCK_PATH",
+    "lab_lock",
     "REPO_ROOT",
     "LAB_DIR",
     "LAB_CACHE",

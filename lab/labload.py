@@ -16,14 +16,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Self
 
 from labkit import (
-    LAB_CACHE,
     LAB_DIR,
     SIP_PORT,
     SIPP_RTP_PORT,
@@ -112,10 +110,7 @@ def place_call_load(
     (the lab Asterisk by default) from ``local_addr``, inside network namespace ``netns``
     when given (the multi-node lab's hub)."""
     if call_dir is None:
-        (LAB_CACHE / "calls").mkdir(parents=True, exist_ok=True)
-        call_dir = tempfile.mkdtemp(
-            prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-load-{exten}-", dir=LAB_CACHE / "calls"
-        )
+        call_dir = new_call_dir(f"load-{exten}")
     work = Path(call_dir)
     work.mkdir(parents=True, exist_ok=True)
     scenario = _scenario_for(audio_path, duration_s, work)

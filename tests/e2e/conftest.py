@@ -3,7 +3,6 @@ running as the operator runs it (`voiceline serve`), in a subprocess."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -42,14 +41,8 @@ def pytest_collection_modifyitems(items):
 def lab_lock():
     """One end-to-end session at a time on this machine: the lab Asterisk, its SIP and
     ARI ports and the engine's listeners are shared, so a second run waits here."""
-    path = REPO / "lab" / ".cache" / "e2e.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with labkit.lab_lock():
+        yield
 
 
 @pytest.fixture(scope="session")
