@@ -183,8 +183,8 @@ class Pacer:
     ``clock`` is a monotonic seconds clock; it defaults to the running loop's
     ``loop.time`` (resolved in ``start``) and must advance at the same rate as the
     loop's clock because the pacer arms loop timers. ``spin_s`` is how long before a
-    deadline the timer fires; the rest is busy-waited (only while streams are
-    registered). A tick is counted as late when it lands more than
+    deadline the timer fires; the rest is slept and spun away without yielding
+    (only while streams are registered). A tick is counted as late when it lands more than
     ``late_threshold_s`` after its deadline.
     """
 
