@@ -92,7 +92,8 @@ class App:
         loop = asyncio.get_running_loop()
         clock = self._clock or loop.time
         settings = self.settings
-        self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock, phase=self._pacer_phase)
+        self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock, phase=self._pacer_phase,
+                           after_tick=self.gc_keeper.collect_young_if_due)
         streaming = StreamingPlaybackManager(self.stream_params, self.pacer, clock=clock)
         if settings.mode == "ari":
             a = settings.asterisk

@@ -194,3 +194,22 @@ async def test_stopping_the_app_restores_the_collector_thresholds():
     assert gc.get_threshold() != before
     await application.stop()
     assert gc.get_threshold() == before
+
+
+async def test_young_collections_run_at_the_end_of_pacer_ticks_while_calls_play(app):
+    # The engine's pacer hands its quiet moment (after every write and read of the
+    # tick) to the collector, so young collections stop landing between two writes.
+    legs = [CallerLeg("127.0.0.1", app.audiosocket.bound_port) for _ in range(2)]
+    for leg in legs:
+        await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 2)
+    before = app.gc_keeper.young_collections
+    hoard = []
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while app.gc_keeper.young_collections == before and asyncio.get_running_loop().time() < deadline:
+        hoard.extend({} for _ in range(50))  # survivors push the young count up
+        await asyncio.sleep(0.005)
+    assert app.gc_keeper.young_collections > before
+    for leg in legs:
+        await leg.hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)

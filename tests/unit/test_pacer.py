@@ -251,3 +251,24 @@ def test_a_phase_puts_the_grid_at_that_fraction_of_the_period_on_the_shared_cloc
     assert ((b - a) / 0.020) % 1.0 == pytest.approx(0.5)
     with pytest.raises(ValueError, match="phase"):
         Pacer(phase=1.0)
+
+
+def test_after_tick_runs_once_after_every_poll_and_a_failure_there_is_logged_and_counted() -> None:
+    order: list[str] = []
+    calls = [0]
+
+    def after() -> None:
+        calls[0] += 1
+        order.append("after")
+        if calls[0] == 1:
+            raise RuntimeError("housekeeping bug")
+
+    pacer = Pacer(clock=lambda: 0.0, after_tick=after)
+    pacer.register("a", lambda now: b"a", write_fn=lambda f: order.append("write"),
+                   poll_fn=lambda: order.append("poll"))
+    with structlog.testing.capture_logs() as logs:
+        pacer.run_tick(0.0)
+        pacer.run_tick(0.02)
+    assert order == ["write", "poll", "after"] * 2
+    assert pacer.is_registered("a") and pacer.stats.tick_errors == 1
+    assert [r["event"] for r in logs] == ["pacer after_tick failed"]

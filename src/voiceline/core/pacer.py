@@ -185,7 +185,10 @@ class Pacer:
     loop's clock because the pacer arms loop timers. ``spin_s`` is how long before a
     deadline the timer fires; the rest is slept and spun away without yielding
     (only while streams are registered). A tick is counted as late when it lands more than
-    ``late_threshold_s`` after its deadline.
+    ``late_threshold_s`` after its deadline. ``after_tick()``, if given, runs at the
+    end of every tick, when the next deadline is furthest away: the place for
+    process housekeeping that must not land between two writes (young garbage
+    collections, see ``GcKeeper.collect_young_if_due``).
     """
 
     def __init__(
@@ -197,12 +200,14 @@ class Pacer:
         late_threshold_s: float = 0.002,
         logging_level: str = "INFO",
         phase: float | None = None,
+        after_tick: Callable[[], None] | None = None,
     ) -> None:
         if spin_s < 0 or spin_s >= period_s:
             raise ValueError(f"spin_s must be in [0, period_s), got {spin_s}")
         if phase is not None and not 0.0 <= phase < 1.0:
             raise ValueError(f"phase must be in [0, 1), got {phase}")
         self._phase = phase
+        self._after_tick = after_tick
         self._schedule = PacerSchedule(period_s)
         self._clock = clock
         self._spin_s = spin_s
@@ -353,6 +358,13 @@ class Pacer:
         simulator can drive the pacer with a fake clock)."""
         self._play(now)
         self._poll_all()
+        if self._after_tick is not None:
+            try:
+                self._after_tick()
+            except Exception:
+                # Housekeeping, not a stream: no stream to remove, the ticks go on.
+                self._tick_errors += 1
+                log.exception("pacer after_tick failed")
 
     def _poll_all(self) -> None:
         streams = self._streams
