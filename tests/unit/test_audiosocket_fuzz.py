@@ -360,3 +360,31 @@ def test_a_valid_call_after_any_prefix_either_streams_or_ended_for_a_stated_reas
         assert events[-1] == AudioReceived(audio)
     else:
         assert rules.state is ConnectionState.CLOSED and rules.close_reason
+
+
+@FUZZ
+@given(items=st.lists(script_items, max_size=12), cuts=cut_lists)
+def test_the_audio_fast_path_gives_the_same_events_as_the_general_path(items: list[Item], cuts: list[int]) -> None:
+    # What the shell does with each read: the fast path when it applies, else the
+    # general one. The caller must not be able to tell the difference.
+    stream = b"".join(item_bytes(item) for item in items)
+
+    def run(fast: bool) -> list[object]:
+        rules = ConnectionRules(started_at=0.0, uuid_timeout_s=5.0, max_audio_payload=AUDIO_LIMIT)
+        seen: list[object] = []
+        for chunk in split(stream, cuts):
+            taken = rules.take_audio(chunk) if fast else None
+            if taken is not None:
+                seen += [AudioReceived(frame) for frame in taken]
+                continue
+            rules.receive_data(chunk)
+            while (event := rules.next_event()) is not NEED_DATA:
+                seen.append(event)
+                if isinstance(event, UuidReceived):
+                    rules.accept()
+        rules.receive_eof()
+        while (event := rules.next_event()) is not NEED_DATA:
+            seen.append(event)
+        return [seen, rules.frames_received, rules.bytes_received, rules.state, rules.close_reason]
+
+    assert run(fast=True) == run(fast=False)

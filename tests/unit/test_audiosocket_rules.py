@@ -302,3 +302,55 @@ def test_close_is_idempotent_and_keeps_the_first_reason() -> None:
     assert rules.close_reason == "server stopping"
     rules.receive_data(encode_audio(bytes(320)))
     assert drain(rules) == []
+
+
+# -- the streaming fast path ------------------------------------------------------------
+
+
+def test_take_audio_hands_back_whole_audio_frames_and_counts_them_like_receive_data() -> None:
+    rules = streaming_rules()
+    frames_before, bytes_before = rules.frames_received, rules.bytes_received
+    data = encode_audio(b"\x01\x02" * 80) + encode_audio(b"\x03\x04" * 160, rate=16000)
+    taken = rules.take_audio(data)
+    assert taken == [Frame(FrameKind.SLIN_8K, b"\x01\x02" * 80), Frame(FrameKind.SLIN_16K, b"\x03\x04" * 160)]
+    assert rules.frames_received == frames_before + 2
+    assert rules.bytes_received == bytes_before + len(data)
+    assert rules.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(encode_audio(b"\x00" * 320)[:-1], id="partial frame at the end"),
+        pytest.param(encode_audio(b"\x00" * 320) + encode_frame(FrameKind.DTMF, b"5"), id="a DTMF frame"),
+        pytest.param(encode_audio(b"\x00" * 320) + encode_hangup(), id="a hangup frame"),
+        pytest.param(encode_error(3), id="an error frame"),
+        pytest.param(b"\x10\x00\x00", id="empty audio (a violation)"),
+        pytest.param(b"\x10\xff\xff" + b"\x00" * 10, id="oversize audio (a violation)"),
+        pytest.param(b"\x02\x00\x01\x00", id="unknown kind (a violation)"),
+        pytest.param(b"", id="no data"),
+    ],
+)
+def test_take_audio_leaves_anything_else_to_the_general_path_untouched(data: bytes) -> None:
+    rules = streaming_rules()
+    counters = (rules.frames_received, rules.bytes_received)
+    assert rules.take_audio(data) is None
+    assert (rules.frames_received, rules.bytes_received) == counters
+    assert rules.buffered == 0 and rules.next_event() is NEED_DATA
+
+
+def test_take_audio_only_applies_to_a_streaming_connection_with_nothing_pending() -> None:
+    audio = encode_audio(b"\x00" * 320)
+    before_uuid = new_rules()
+    assert before_uuid.take_audio(audio) is None  # audio before the UUID is the general path's violation
+    rules = streaming_rules()
+    rules.receive_data(audio[:5])  # half a frame waits in the decoder
+    assert rules.take_audio(audio) is None
+    rules = streaming_rules()
+    rules.receive_data(audio)  # a frame not yet pulled as an event comes first
+    assert rules.take_audio(audio) is None
+    rules = streaming_rules()
+    rules.receive_eof()
+    assert rules.take_audio(audio) is None
+    rules.close("gone")
+    assert rules.take_audio(audio) is None
