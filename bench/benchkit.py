@@ -102,6 +102,24 @@ def git_info() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted_engine_changes": changed}
 
 
+def cpu_calibration_ms(repeat: int = 5) -> float:
+    """How fast this machine runs a fixed pure-Python loop right now (median, ms).
+
+    On a shared virtual machine the same engine commit can measure a third slower
+    on one day than on another (the host's other tenants do not show as steal
+    time here). Recorded before and after each run so reports from different
+    moments can be compared: a higher number means a slower machine.
+    """
+    runs = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        runs.append((time.perf_counter() - started) * 1000.0)
+    return round(sorted(runs)[len(runs) // 2], 1)
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):

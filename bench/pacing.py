@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchkit import FRAME_BYTES, RATE, REPO, git_info, machine_info
+from benchkit import FRAME_BYTES, RATE, REPO, cpu_calibration_ms, git_info, machine_info
 from pacing_client import reference_audio
 from pacing_report import (
     TARGET_CPU_PCT,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             "provider_output": args.engine_output,
             "reference_frames": len(reference) // FRAME_BYTES,
         },
-        "machine": machine_info(),
+        "machine": {**machine_info(), "calibration_ms_before": cpu_calibration_ms()},
         "git": git_info(),
         "targets": {
             "p99_interval_error_ms": TARGET_P99_MS, "max_interval_error_ms": TARGET_MAX_ERROR_MS,
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep_logs:
             shutil.rmtree(logroot, ignore_errors=True)
+    report["machine"]["calibration_ms_after"] = cpu_calibration_ms()
     report["flatness"] = flatness(report["results"])
     failures = [
         f"N={r['calls']} {k}" for r in report["results"] for k, c in r["checks"].items() if c["pass"] is False

@@ -85,6 +85,12 @@ def print_table(report: dict[str, Any]) -> None:
         f"long_answer_s={cfg['long_answer_s']} nproc={report['machine']['nproc']} "
         f"python={report['machine']['python']}"
     )
+    machine = report["machine"]
+    if "calibration_ms_before" in machine:
+        print(
+            f"machine speed: a fixed Python loop took {machine['calibration_ms_before']} ms before the run,"
+            f" {machine.get('calibration_ms_after', '-')} ms after (higher = slower host)"
+        )
     print(
         "\nframe timing |inter-arrival - 20 ms| in ms, agent audio, steady window"
         " (send = kernel receive stamp; read = when the client read it)"

@@ -36,6 +36,7 @@ def test_report_structure(report):
     assert data["config"]["seconds"] == 4
     assert data["config"]["pattern"] == "jitter"
     assert data["machine"]["nproc"] >= 1 and data["machine"]["python"]
+    assert data["machine"]["calibration_ms_before"] > 0 and data["machine"]["calibration_ms_after"] > 0
     assert isinstance(data["verdict"]["pass"], bool)
     assert len(data["results"]) == 1
     row = data["results"][0]
