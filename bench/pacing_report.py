@@ -77,6 +77,28 @@ def _mark(check: dict[str, Any]) -> str:
     return {True: "PASS", False: "FAIL", None: "n/a"}[check["pass"]]
 
 
+def print_stalls(rows: list[dict[str, Any]]) -> None:
+    """Machine stalls in the steady window and the late intervals they overlapped
+    (a diagnosis beside the targets, which are judged on every interval)."""
+    print("\nmachine stalls in the steady window (lab/stallwitness.py; diagnosis, not a target)")
+    head = (
+        f"{'N':>4} | {'stalls':>6} {'total ms':>8} {'max ms':>6} | {'late >5 ms':>10} {'in a stall':>10} | "
+        f"{'send p99 outside stalls':>23}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ms = r.get("machine_stalls") or {}
+        if not ms.get("available"):
+            print(f"{r['calls']:>4} | witness not running: {ms.get('reason')}")
+            continue
+        print(
+            f"{r['calls']:>4} | {ms['count']:>6} {ms['total_ms']:>8.1f} {ms['max_ms']:>6.1f} | "
+            f"{ms['late_intervals']:>10} {ms['late_intervals_in_stall']:>10} | "
+            f"{_fmt(ms['p99_outside_stalls_ms'], '.2f'):>23}"
+        )
+
+
 def print_table(report: dict[str, Any]) -> None:
     rows = report["results"]
     cfg = report["config"]
@@ -131,6 +153,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{_fmt(r['provider']['greeting_latency_s_p50'], '.2f'):>11} | "
             + ("PASS" if not fails else "FAIL: " + ",".join(fails))
         )
+    print_stalls(rows)
     print("\ntargets per row:")
     for r in rows:
         print(f"  N={r['calls']:<4} " + "  ".join(f"{k}={_fmt(c['value'])}[{_mark(c)}]" for k, c in r["checks"].items()))

@@ -35,8 +35,12 @@ from benchkit import (
     stop_process,
     wait_for_file_line,
 )
-from pacing_client import worker_main
+from pacing_client import realtime_offset, worker_main
 from pacing_report import row_checks
+from pacing_stalls import stall_report
+
+sys.path.insert(0, str(REPO / "lab"))
+from stallwitness import WAKE_PERIOD_S, StallWitness  # noqa: E402
 
 log = make_log("pacing")
 
@@ -250,6 +254,7 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
     workers = max(1, min(workers, n))
     sim = engine = None
     procs: list[Any] = []
+    witness, witness_error = start_witness()
     try:
         sim, sim_url = start_sim(args, workdir, other_cpus)
         engine, port, engine_log = start_engine(args, workdir, sim_url, engine_cpus)
@@ -326,6 +331,8 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
                 p.terminate()
         stop_process(engine)
         stop_process(sim)
+        if witness is not None:
+            witness.stop()
 
     engine_stats = parse_engine_log(engine_log)
     calls = sorted((c for r in results for c in r["calls"]), key=lambda c: c["index"])
@@ -342,6 +349,14 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
     lag = np.concatenate([r["lag_ms"] for r in results])
     late_at = np.concatenate([c.pop("_late_at") for c in calls]) if calls else np.zeros(0)
     gap_at = np.concatenate([c.pop("_gap_at") for c in calls]) if calls else np.zeros(0)
+    if witness is not None:
+        # The witness reports epoch seconds and notices a stall one wake period late.
+        offset = realtime_offset()
+        stalls = [(st.start - WAKE_PERIOD_S - offset - t_start, st.end - offset - t_start) for st in witness.stalls]
+        machine_stalls = stall_report(t_agent[steady_agent].astype(np.float64), err_agent[steady_agent],
+                                      stalls, window=(win_a_t - t_start, t_end - t_start))
+    else:
+        machine_stalls = {"available": False, "reason": witness_error}
     span = int(np.ceil(t_end - t_start)) + 1
     timeline = {
         "second_from_first_connect": list(range(span)),
@@ -440,6 +455,7 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
             "frames_without_kernel_timestamp": int(sum(c["no_kernel_ts"] for c in calls)),
         },
         "machine_busy_pct": machine_busy_pct(win_a, win_b),
+        "machine_stalls": machine_stalls,
         "machine": _machine_load(idle_a, idle_b, win_a, win_b, [eng_cpu, row_sim_cpu, *client_cpu]),
         "summaries": {
             "count": len(summ),
@@ -454,6 +470,15 @@ def run_round(args: argparse.Namespace, n: int, reference: bytes, logroot: Path)
     }
     row["checks"] = row_checks(row, args)
     return row
+
+
+def start_witness() -> tuple[StallWitness | None, str | None]:
+    """The stall witness, or why it could not start (it needs root for SCHED_FIFO)."""
+    try:
+        return StallWitness().start(), None
+    except RuntimeError as error:
+        log(f"machine stall witness not running ({error}); the report says so")
+        return None, str(error)
 
 
 def _machine_load(

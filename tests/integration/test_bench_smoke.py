@@ -37,6 +37,9 @@ def test_report_structure(report):
     assert data["config"]["pattern"] == "jitter"
     assert data["machine"]["nproc"] >= 1 and data["machine"]["python"]
     assert data["machine"]["calibration_ms_before"] > 0 and data["machine"]["calibration_ms_after"] > 0
+    stalls = data["results"][0]["machine_stalls"]
+    assert stalls["available"], stalls  # CI runs as root: the witness must run
+    assert 0 <= stalls["late_intervals_in_stall"] <= stalls["late_intervals"] <= stalls["intervals"]
     assert isinstance(data["verdict"]["pass"], bool)
     assert len(data["results"]) == 1
     row = data["results"][0]
