@@ -108,7 +108,8 @@ class YoungCollectionPolicy:
 
 
 class GcKeeper:
-    """Applies ``FullCollectionPolicy`` to this process's garbage collector."""
+    """Applies ``FullCollectionPolicy`` and ``YoungCollectionPolicy`` to this
+    process's garbage collector."""
 
     def __init__(
         self, max_interval_s: float = 900.0, *, clock: Callable[[], float] = time.monotonic

@@ -453,17 +453,29 @@ async def test_disallowed_peer_never_reaches_accept(make_server: ServerFactory) 
     assert [w["peer"].split(":")[0] for w in warnings] == [OTHER_HOST]
 
 
-async def test_handler_exception_ends_only_that_call(make_server: ServerFactory) -> None:
+@pytest.mark.parametrize(
+    ("raise_in", "data", "delivered"),
+    [
+        pytest.param("dtmf", encode_frame(FrameKind.DTMF, b"1") + encode_audio(audio_payload(1)),
+                     [("dtmf", "1")], id="general path"),
+        # Whole audio frames in one read take the streaming fast path.
+        pytest.param("audio", b"".join(encode_audio(audio_payload(i)) for i in range(3)),
+                     [("audio", Frame(FrameKind.SLIN_8K, audio_payload(0)))], id="audio fast path"),
+    ],
+)
+async def test_handler_exception_ends_only_that_call(
+    make_server: ServerFactory, raise_in: str, data: bytes, delivered: list[tuple[str, object]]
+) -> None:
     server, acceptor = await make_server()
     good_client, good_handler = await start_call(server.bound_port, acceptor)
     bad_client, bad_handler = await start_call(server.bound_port, acceptor)
-    bad_handler.raise_in = "dtmf"
+    bad_handler.raise_in = raise_in
     with structlog.testing.capture_logs() as logs:
-        await bad_client.send(encode_frame(FrameKind.DTMF, b"1") + encode_audio(audio_payload(1)))
+        await bad_client.send(data)
         assert await bad_client.read_until_closed() == b""
-    assert bad_handler.events == [("dtmf", "1")]  # the audio after the failure is not delivered
+    assert bad_handler.events == delivered  # nothing after the failure is delivered
     assert len(bad_handler.closed_reasons) == 1
-    assert "on_dtmf" in bad_handler.closed_reasons[0]
+    assert f"on_{raise_in}" in bad_handler.closed_reasons[0]
     failures = [e for e in logs if e["event"] == "audiosocket_handler_failed"]
     assert len(failures) == 1 and failures[0]["call_id"] == bad_handler.conn.uuid
     await assert_audio_flows(good_client, good_handler, seed=30)
@@ -584,21 +596,3 @@ async def test_accepting_follows_the_server_lifecycle() -> None:
         assert server.accepting
     finally:
         await server.stop()
-
-
-async def test_a_handler_failing_inside_a_run_of_audio_frames_ends_only_that_call(make_server: ServerFactory) -> None:
-    # Whole audio frames in one read take the streaming fast path; a failure there is
-    # isolated the same way: logged, this call closed, nothing after it delivered.
-    server, acceptor = await make_server()
-    good_client, good_handler = await start_call(server.bound_port, acceptor)
-    bad_client, bad_handler = await start_call(server.bound_port, acceptor)
-    bad_handler.raise_in = "audio"
-    with structlog.testing.capture_logs() as logs:
-        await bad_client.send(b"".join(encode_audio(audio_payload(i)) for i in range(3)))
-        assert await bad_client.read_until_closed() == b""
-    assert bad_handler.events == [("audio", Frame(FrameKind.SLIN_8K, audio_payload(0)))]
-    assert len(bad_handler.closed_reasons) == 1 and "on_audio" in bad_handler.closed_reasons[0]
-    failures = [e for e in logs if e["event"] == "audiosocket_handler_failed"]
-    assert len(failures) == 1 and failures[0]["call_id"] == bad_handler.conn.uuid
-    await assert_audio_flows(good_client, good_handler, seed=31)
-    await good_client.close()

@@ -309,18 +309,12 @@ class AudioSocketConnection(asyncio.Protocol):
             self._process_events()
             return
         # The streaming fast path: nothing but whole audio frames, straight to the
-        # handler, with the general path's isolation (a handler that raises ends
-        # this connection only, and nothing after the failing frame is delivered).
-        handler = self._handler
-        assert handler is not None
+        # handler through the general path's isolation (a handler that raises, or
+        # closes the connection, ends the delivery after that frame).
         for frame in frames:
-            if self.closed:  # the handler closed it from inside the previous frame
+            if self.closed:
                 return
-            try:
-                handler.on_audio(frame)
-            except Exception as error:  # noqa: BLE001 - isolate the call (see _handler_failed)
-                self._handler_failed("on_audio", error)
-                return
+            self._call_handler("on_audio", frame)
 
     def eof_received(self) -> bool:
         if not self.closed:
@@ -423,14 +417,9 @@ class AudioSocketConnection(asyncio.Protocol):
         assert handler is not None
         try:
             getattr(handler, callback)(argument)
-        except Exception as error:  # noqa: BLE001 - isolate the call (see _handler_failed)
-            self._handler_failed(callback, error)
-
-    def _handler_failed(self, callback: str, error: Exception) -> None:
-        # Isolate the call: log with the traceback (we are inside the except block),
-        # end only this connection.
-        self._log.exception("audiosocket_handler_failed", callback=callback)
-        self.close(f"handler error in {callback}: {type(error).__name__}")
+        except Exception as error:  # noqa: BLE001 - isolate the call: log with traceback, end only this connection
+            self._log.exception("audiosocket_handler_failed", callback=callback)
+            self.close(f"handler error in {callback}: {type(error).__name__}")
 
     def _arm_uuid_timer(self) -> None:
         deadline = self._rules.uuid_deadline

@@ -250,7 +250,8 @@ class ConnectionRules:
         streaming connection with nothing pending; ``None`` otherwise, with nothing
         changed (hand ``data`` to :meth:`receive_data` then). Counted as received."""
         if (
-            self.state is not ConnectionState.STREAMING
+            not data
+            or self.state is not ConnectionState.STREAMING
             or self._frames
             or self._violation is not None
             or self._eof
@@ -272,8 +273,6 @@ class ConnectionRules:
                 return None
             frames.append(Frame(kind, data[offset + HEADER_SIZE : end]))
             offset = end
-        if not frames:
-            return None
         self.bytes_received += size
         self.frames_received += len(frames)
         return frames
