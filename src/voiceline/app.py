@@ -19,6 +19,7 @@ from voiceline.core.call import Call
 from voiceline.core.conversation_coordinator import ConversationCoordinator
 from voiceline.core.engine import Engine
 from voiceline.core.pacer import Pacer
+from voiceline.core.realtime import RealtimeWindow
 from voiceline.core.session_store import SessionStore
 from voiceline.core.streaming_playback_manager import StreamingPlaybackManager
 from voiceline.gc_policy import GcKeeper
@@ -77,6 +78,8 @@ class App:
         self.audiosocket_mode: AudioSocketMode | None = None
         self.audiosocket: AudioSocketServer | None = None
         self.pacer: Pacer | None = None
+        priority = settings.streaming.realtime_priority
+        self.realtime_window = RealtimeWindow(priority) if priority else None
         self._events_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.history: CallHistory | None = None
@@ -93,7 +96,7 @@ class App:
         clock = self._clock or loop.time
         settings = self.settings
         self.pacer = Pacer(period_s=settings.streaming.chunk_size_ms / 1000, clock=clock, phase=self._pacer_phase,
-                           after_tick=self.gc_keeper.collect_young_if_due)
+                           after_tick=self.gc_keeper.collect_young_if_due, realtime=self.realtime_window)
         streaming = StreamingPlaybackManager(self.stream_params, self.pacer, clock=clock)
         if settings.mode == "ari":
             a = settings.asterisk

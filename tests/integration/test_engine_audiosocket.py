@@ -213,3 +213,31 @@ async def test_young_collections_run_at_the_end_of_pacer_ticks_while_calls_play(
     for leg in legs:
         await leg.hangup()
     await _wait_for(lambda: app.engine.active_calls == 0)
+
+
+async def test_the_pacer_plays_calls_inside_a_realtime_window_and_the_loop_runs_normal_outside_it(app):
+    # Root (CI, the lab) may use real-time scheduling: the window opens every tick
+    # while a call plays, and closes before the loop runs anything else.
+    import os
+
+    assert os.geteuid() == 0, "this test needs root (the kernel refuses SCHED_FIFO otherwise)"
+    leg = CallerLeg("127.0.0.1", app.audiosocket.bound_port)
+    await leg.connect()
+    await _wait_for(lambda: app.engine.active_calls == 1)
+    before = app.realtime_window.windows
+    await asyncio.sleep(0.2)
+    assert app.realtime_window.windows - before >= 5
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # here, between ticks
+    assert app.health()["pacer"]["realtime"] == "on"
+    await leg.hangup()
+    await _wait_for(lambda: app.engine.active_calls == 0)
+
+
+async def test_realtime_priority_zero_runs_the_pacer_without_a_window():
+    application = App(_settings(streaming={"realtime_priority": 0}))
+    await application.start()
+    try:
+        assert application.realtime_window is None
+        assert application.health()["pacer"]["realtime"] == "off"
+    finally:
+        await application.stop()

@@ -225,3 +225,13 @@ def test_rate_choices_in_the_config_are_the_ones_the_engine_supports():
 
     assert set(get_args(AudioSocketSettings.model_fields["sample_rate"].annotation)) == set(SLIN_RATES)
     assert set(get_args(LocalProviderSettings.model_fields["sample_rate"].annotation)) == set(VAD_RATES)
+
+
+def test_realtime_priority_is_on_by_default_zero_turns_it_off_and_the_range_is_named():
+    assert Settings().streaming.realtime_priority == 5
+    settings, _ = parse_settings({"streaming": {"realtime_priority": 0}}, env={})
+    assert settings.streaming.realtime_priority == 0
+    for bad in (-1, 100):
+        with pytest.raises(ConfigError) as err:
+            parse_settings({"streaming": {"realtime_priority": bad}}, env={})
+        assert "streaming.realtime_priority" in str(err.value) and str(bad) in str(err.value)

@@ -272,3 +272,95 @@ def test_after_tick_runs_once_after_every_poll_and_a_failure_there_is_logged_and
     assert order == ["write", "poll", "after"] * 2
     assert pacer.is_registered("a") and pacer.stats.tick_errors == 1
     assert [r["event"] for r in logs] == ["pacer after_tick failed"]
+
+
+class RecordingWindow:
+    """Idempotent like RealtimeWindow: records a leave only from inside a window."""
+
+    enabled = True
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+        self.inside = False
+
+    def enter(self) -> None:
+        if not self.inside:
+            self.inside = True
+            self.order.append("enter")
+
+    def leave(self) -> None:
+        if self.inside:
+            self.inside = False
+            self.order.append("leave")
+
+
+def test_the_realtime_window_covers_the_ticks_and_writes_and_closes_before_the_polls() -> None:
+    # The writes are what must leave on time; the inbound side's reading, history and
+    # housekeeping run at the normal priority so they never hold a core at real time.
+    order: list[str] = []
+    window = RecordingWindow(order)
+    pacer = Pacer(clock=lambda: 0.0, realtime=window, after_tick=lambda: order.append("after"))
+    pacer.register("a", lambda now: order.append("tick") or b"a",
+                   write_fn=lambda f: order.append("write"), poll_fn=lambda: order.append("poll"))
+    window.enter()  # as the timer does before the spin
+    pacer.run_tick(0.0)
+    assert order == ["enter", "tick", "write", "leave", "poll", "after"]
+
+
+async def test_the_timer_enters_the_window_before_the_spin_and_leaves_it_even_when_the_tick_crashes() -> None:
+    import asyncio
+
+    order: list[str] = []
+    pacer = Pacer(realtime=RecordingWindow(order))
+    pacer.register("a", lambda now: b"a", write_fn=lambda f: order.append("write"))
+    crashes = [0]
+    real_run_tick = pacer.run_tick
+
+    def run_tick(now: float) -> None:
+        if not crashes[0]:
+            crashes[0] += 1
+            order.append("crash")
+            raise RuntimeError("pacer bug")
+        real_run_tick(now)
+
+    pacer.run_tick = run_tick  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as logs:
+        pacer.start()
+        await asyncio.sleep(0.05)
+        await pacer.stop()
+    assert order[:6] == ["enter", "crash", "leave", "enter", "write", "leave"], (order, pacer.stats)
+    assert "pacer tick crashed" in [r["event"] for r in logs]
+
+
+async def test_no_stream_no_window() -> None:
+    import asyncio
+
+    order: list[str] = []
+    pacer = Pacer(realtime=RecordingWindow(order))
+    pacer.start()
+    await asyncio.sleep(0.05)
+    await pacer.stop()
+    assert order == []
+
+
+async def test_every_timer_firing_while_streams_play_lands_a_tick() -> None:
+    # The spin must end at or after the deadline as the pacer's clock reads it: a
+    # firing that wakes a hair early finds no tick due and re-arms for the same
+    # deadline, and that second timer runs behind every ready I/O callback.
+    import asyncio
+
+    pacer = Pacer()
+    pacer.register("a", lambda now: b"a", write_fn=lambda f: None)
+    firings = [0]
+    on_timer = pacer._on_timer
+
+    def counted(loop: asyncio.AbstractEventLoop) -> None:
+        firings[0] += 1
+        on_timer(loop)
+
+    pacer._on_timer = counted  # type: ignore[method-assign]
+    pacer.start()
+    await asyncio.sleep(0.3)
+    await pacer.stop()
+    assert pacer.stats.ticks >= 10
+    assert firings[0] == pacer.stats.ticks

@@ -75,6 +75,10 @@ class StreamingSettings(Strict):
     )
     fallback_timeout_ms: int = Field(4000, ge=0, description="stall before file playback; 0 disables")
     provider_grace_ms: int = Field(500, ge=0, description="late chunks after turn end still played")
+    realtime_priority: int = Field(
+        5, ge=0, le=99,
+        description="SCHED_FIFO priority of the pacer's spin and writes (1-99; 0 = off; needs CAP_SYS_NICE)",
+    )
     fallback_media_dir: str = Field(
         "/var/lib/asterisk/sounds/voiceline", description="engine-side directory for fallback files"
     )

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import structlog
 
 from voiceline.core.log_levels import is_debug
+from voiceline.core.realtime import RealtimeWindow
 
 __all__ = ["ErrorFn", "Pacer", "first_deadline", "PacerSchedule", "PacerStats", "PollFn", "SentFn", "TickFn", "WriteFn"]
 
@@ -154,6 +155,7 @@ class PacerStats:
     skipped_ticks: int
     streams: int
     tick_errors: int
+    realtime: str  # the real-time window: "off" (none configured), "on", or "refused" by the kernel
 
 
 class _Entry:
@@ -188,7 +190,9 @@ class Pacer:
     ``late_threshold_s`` after its deadline. ``after_tick()``, if given, runs at the
     end of every tick, when the next deadline is furthest away: the place for
     process housekeeping that must not land between two writes (young garbage
-    collections, see ``GcKeeper.collect_young_if_due``).
+    collections, see ``GcKeeper.collect_young_if_due``). ``realtime``, if given, is
+    entered before the last sleep-and-spin and left after the writes, before the
+    polls (see ``voiceline.core.realtime``); only while streams are registered.
     """
 
     def __init__(
@@ -201,6 +205,7 @@ class Pacer:
         logging_level: str = "INFO",
         phase: float | None = None,
         after_tick: Callable[[], None] | None = None,
+        realtime: RealtimeWindow | None = None,
     ) -> None:
         if spin_s < 0 or spin_s >= period_s:
             raise ValueError(f"spin_s must be in [0, period_s), got {spin_s}")
@@ -208,6 +213,7 @@ class Pacer:
             raise ValueError(f"phase must be in [0, 1), got {phase}")
         self._phase = phase
         self._after_tick = after_tick
+        self._realtime = realtime
         self._schedule = PacerSchedule(period_s)
         self._clock = clock
         self._spin_s = spin_s
@@ -286,6 +292,7 @@ class Pacer:
             skipped_ticks=s.skipped_ticks,
             streams=len(self._streams),
             tick_errors=self._tick_errors,
+            realtime="off" if self._realtime is None else "on" if self._realtime.enabled else "refused",
         )
 
     # ---- lifecycle --------------------------------------------------------------
@@ -328,13 +335,21 @@ class Pacer:
         schedule = self._schedule
         deadline = schedule.next_deadline
         assert deadline is not None
+        window = self._realtime if self._streams else None
         try:
             # Wait out the last stretch without yielding: yielding would let every
             # ready I/O callback run first. Only while some stream will hear the tick.
             # Waited on the loop's clock, so an injected clock that stands still
-            # cannot hang it.
+            # cannot hang it. At real time (the window) the kernel wakes the loop
+            # thread on time instead of behind another process's time slice.
+            if window is not None:
+                window.enter()
             if self._streams:
-                until = deadline + loop.time() - clock()
+                # Read the pacer's clock before the loop's: with the loop's own clock
+                # the offset is then >= 0, so the spin cannot end a hair before the
+                # deadline and find no tick due (a wasted firing re-armed behind I/O).
+                clock_now = clock()
+                until = deadline + (loop.time() - clock_now)
                 rest = until - loop.time() - _SLEEP_SLACK_S
                 if rest > 0:
                     time.sleep(rest)  # blocks the loop as a busy-wait would, without the CPU
@@ -350,6 +365,8 @@ class Pacer:
             # Log it and keep ticking: stopping the timer would silence every call.
             log.exception("pacer tick crashed")
         finally:
+            if window is not None:
+                window.leave()  # normally already left in run_tick; idempotent
             if self._timer is not None:  # not stopped from inside the tick
                 self._arm(loop)
 
@@ -357,6 +374,8 @@ class Pacer:
         """Tick every registered stream once (the timer's body; public so a test or a
         simulator can drive the pacer with a fake clock)."""
         self._play(now)
+        if self._realtime is not None:
+            self._realtime.leave()
         self._poll_all()
         if self._after_tick is not None:
             try:
