@@ -131,3 +131,30 @@ def test_the_real_scheduler_either_grants_fifo_for_the_window_or_refuses_cleanly
     else:
         assert os.geteuid() != 0, "root was refused real-time scheduling"
         assert inside == before
+
+
+
+def test_an_unprivileged_engine_is_refused_once_and_paces_at_normal_priority() -> None:
+    # The engine as a plain user with no CAP_SYS_NICE and RLIMIT_RTPRIO 0 (the default):
+    # the real kernel refuses, the window turns off, nothing is left raised.
+    import subprocess
+    import sys
+
+    assert os.geteuid() == 0, "this test needs root to drop to an unprivileged user"
+    code = """
+import os, resource, structlog
+assert resource.getrlimit(resource.RLIMIT_RTPRIO)[0] == 0
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+from voiceline.core.realtime import RealtimeWindow
+w = RealtimeWindow(5)
+with structlog.testing.capture_logs() as logs:
+    for _ in range(3):
+        w.enter()
+        inside = os.sched_getscheduler(0)
+        w.leave()
+print(inside == os.SCHED_OTHER, os.sched_getscheduler(0) == os.SCHED_OTHER, w.enabled,
+      [r["log_level"] for r in logs])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True True False ['warning']"
