@@ -22,13 +22,6 @@ import labkit
 from stallwitness import PacingVerdict, StallWitness, judge
 
 ARI_PASSWORD = "voiceline-lab"
-ENGINE_RT_PRIORITY = 5  # SCHED_RR; the lab Asterisk runs at 10 (asterisk -p)
-
-
-def _realtime_priority() -> None:
-    # RESET_ON_FORK: the engine's helpers (pocketsphinx workers, espeak-ng) run at
-    # normal priority and cannot crowd out the event loop.
-    os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(ENGINE_RT_PRIORITY))
 
 
 def pytest_collection_modifyitems(items):
@@ -99,10 +92,10 @@ class EngineProcess:
         self.proc = subprocess.Popen(
             [str(REPO / ".venv" / "bin" / "voiceline"), "serve", *args],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            # As deployed (docs/resilience.md): the engine's 20 ms clock runs at
-            # real-time priority, below Asterisk's own (-p), so that sipp, tshark, the
-            # simulators and the suite on the same two cores cannot delay a tick.
-            preexec_fn=_realtime_priority,
+            # As deployed (docs/resilience.md): at normal priority; the engine's pacer
+            # raises itself to real time (streaming.realtime_priority, below the lab
+            # Asterisk's -p) for each tick's spin and writes, so that sipp, tshark, the
+            # simulators and the suite on the same two cores cannot delay a frame.
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
