@@ -78,8 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--speed", type=float, default=1.2, help="simulator delivery speed (both parts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rt-priority", type=int, default=5,
-                   help="SCHED_RR priority of the engine and the naive server on lab calls (the e2e fixture's;"
-                   " 0: normal scheduling)")
+                   help="SCHED_RR priority of the whole naive server on lab calls (0: normal scheduling);"
+                   " the engine runs as deployed, its pacer's window at streaming.realtime_priority")
     p.add_argument("--config", default=str(REPO / "config" / "ai-agent.yaml"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "compare.json"))
     p.add_argument("--keep-logs", default=None, metavar="DIR", help="keep pacing and lab logs and captures under DIR")

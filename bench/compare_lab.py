@@ -69,8 +69,8 @@ def lab_asterisk(log) -> Iterator[labkit.AsteriskLab]:
 
 
 def _realtime(priority: int):
-    """preexec_fn: SCHED_RR at ``priority`` (the e2e fixture's 5 for the engine, below
-    Asterisk's 10), reset on fork so helpers the process starts run normally."""
+    """preexec_fn: SCHED_RR at ``priority`` for the whole process (the naive server, which
+    has no pacer window of its own; 5 is below Asterisk's 10), reset on fork."""
     if priority <= 0:
         return None
 
@@ -142,7 +142,9 @@ def start_voiceline(
     engine = Proc(
         [sys.executable, "-m", "voiceline.cli", "serve", "--config", str(config),
          "--mode", mode, "--provider", "deepgram"],
-        workdir / "engine.log", env, args.rt_priority,
+        # As deployed: normal scheduling; the pacer raises itself for its spin and
+        # writes (streaming.realtime_priority in the config).
+        workdir / "engine.log", env,
     )
     engine.wait_event("voiceline_started")
     if mode == "ari":
