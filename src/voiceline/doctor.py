@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from voiceline.asterisk.ari import AriClient, AriError
 from voiceline.config import Settings
+from voiceline.core.realtime import RealtimeWindow
 from voiceline.providers.base import Provider
 
 
@@ -57,6 +58,23 @@ async def check_ari(settings: Settings) -> Check:
     return Check("ARI reachable", True, f"{a.ari_url} as {a.username!r}: Asterisk {version}")
 
 
+def check_realtime(priority: int, *, window: RealtimeWindow | None = None) -> Check:
+    """Open and close one real-time window the way the pacer will (a warning, not a
+    failure: without it the engine paces at normal priority)."""
+    name = "real-time pacing"
+    if not priority:
+        return Check(name, True, "off (streaming.realtime_priority: 0)", required=False)
+    window = window if window is not None else RealtimeWindow(priority)
+    window.enter()
+    window.leave()
+    if not window.enabled:
+        return Check(name, False, f"SCHED_FIFO {priority} refused by the kernel; the pacer will run at normal "
+                     "priority (send timing degrades under load)",
+                     f"LimitRTPRIO={priority} in the systemd unit (--ulimit rtprio={priority} for a container), "
+                     "or CAP_SYS_NICE", required=False)
+    return Check(name, True, f"SCHED_FIFO {priority} granted for the pacer's spin and writes", required=False)
+
+
 def check_providers(settings: Settings, providers: dict[str, Provider]) -> list[Check]:
     checks = []
     for name, provider in sorted(providers.items()):
@@ -76,6 +94,7 @@ async def run_checks(settings: Settings, providers: dict[str, Provider]) -> list
     if settings.http.enabled:
         checks.append(check_port_bindable("HTTP (/health, /metrics)", settings.http.host, settings.http.port))
     checks.extend(check_providers(settings, providers))
+    checks.append(check_realtime(settings.streaming.realtime_priority))
     return checks
 
 
